@@ -1,0 +1,82 @@
+# flywheel: the two commands are `make demo` (set up and run the loop) and `make test` (set up and test).
+# Everything else here is a building block of those two.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AIRFLOW_HOME := $(CURDIR)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+KAFKA_PORT ?= 9092
+export KAFKA_PORT
+export FLYWHEEL_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
+
+.PHONY: help setup demo test test-unit test-integration lint bench kafka-up kafka-down kafka-status \
+        airflow-up airflow-down down clean requirements
+
+help:
+	@echo "make demo        set up, start Kafka and Airflow, run the loop, leave the UI running"
+	@echo "make test        set up and run every test (starts and stops its own broker and S3 endpoint)"
+	@echo "make down        stop Airflow and Kafka started by make demo"
+	@echo "make kafka-up / kafka-down, airflow-up / airflow-down, bench, lint, requirements"
+
+# --- setup -------------------------------------------------------------------------------------------
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/uv pip install -q -r requirements.txt
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/uv pip install -q --no-deps -e .
+	@touch $@
+
+setup: $(STAMP)
+	@scripts/kafka.sh jars
+
+requirements:
+	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11
+
+# --- services ----------------------------------------------------------------------------------------
+kafka-up: setup
+	@scripts/kafka.sh up
+
+kafka-down:
+	@scripts/kafka.sh down
+
+kafka-status:
+	@scripts/kafka.sh status
+
+airflow-up: setup
+	@scripts/airflow.sh up
+
+airflow-down:
+	@scripts/airflow.sh down
+
+down: airflow-down kafka-down
+
+# --- the two commands --------------------------------------------------------------------------------
+demo: kafka-up airflow-up
+	@$(BIN)/flywheel check --create-topics
+	@scripts/airflow.sh dags
+	@$(BIN)/python -m flywheel.demo_summary 2>/dev/null || true
+	@echo
+	@echo "Airflow UI: http://127.0.0.1:$${AIRFLOW_PORT:-8080} (user admin, password in .local/airflow/admin-password)"
+	@echo "Kafka:      $(FLYWHEEL_KAFKA_BOOTSTRAP)"
+	@echo "Stop everything with: make down"
+
+test: setup
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/python -m pytest -m "integration" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check include dags plugins tests bench
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+clean: down
+	rm -rf .local logs airflow.db

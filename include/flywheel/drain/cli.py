@@ -1,0 +1,32 @@
+"""``flywheel drain``: the drain without Airflow, for operators, tests and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from flywheel.cli import register
+from flywheel.settings import Settings
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("topics", nargs="*", help="topics to drain (default: every topic the specs name)")
+    p.add_argument("--max-records", type=int, help="stop after this many records per topic")
+    p.add_argument("--max-seconds", type=float, help="stop starting new chunks after this long per topic")
+    p.add_argument("--flush-rows", type=int, help="rows per chunk (one Parquet file per event hour)")
+    p.add_argument("--owner", help="name of this drainer in the ledger (default host:pid)")
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from flywheel.drain import drain_plan, drain_topic
+    from flywheel.specs import load_specs
+
+    topics = args.topics or sorted(drain_plan(load_specs(settings.specs_dir)))
+    for topic in topics:
+        summary = drain_topic(settings, topic, owner=args.owner, max_records=args.max_records,
+                              max_seconds=args.max_seconds, flush_rows=args.flush_rows)
+        print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+register("drain", "drain topics named by the specs into the object store (Parquet, exactly once)", _run, _add_args)

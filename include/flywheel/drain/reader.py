@@ -1,0 +1,58 @@
+"""Read drained topics back as Arrow tables: what training and drift monitoring consume.
+
+Files are found by their date/hour folders, so a time window touches only the hours it covers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flywheel.drain import layout
+from flywheel.storage import ObjectInfo, ObjectStore
+
+_BUCKET = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/")
+
+
+def _bucket_start(key: str) -> datetime | None:
+    match = _BUCKET.search(key)
+    if not match:
+        return None
+    return datetime.strptime(f"{match.group(1)} {match.group(2)}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+
+
+def data_files(store: ObjectStore, topic: str, since: datetime | None = None,
+               until: datetime | None = None, *, root: str = layout.DATA_ROOT) -> Iterator[ObjectInfo]:
+    """Parquet files of ``topic`` whose event hour overlaps [since, until)."""
+    for info in store.list(f"{root}/{topic}/"):
+        if not info.key.endswith(".parquet"):
+            continue
+        hour = _bucket_start(info.key)
+        if hour is None:
+            continue
+        if since is not None and hour.timestamp() + 3600 <= since.timestamp():
+            continue
+        if until is not None and hour >= until:
+            continue
+        yield info
+
+
+def _read(store: ObjectStore, key: str, columns: Sequence[str] | None) -> pa.Table:
+    return pq.read_table(pa.BufferReader(store.get(key)), columns=list(columns) if columns else None)
+
+
+def read_topic(store: ObjectStore, topic: str, since: datetime | None = None, until: datetime | None = None,
+               columns: Sequence[str] | None = None, *, rejected: bool = False) -> pa.Table | None:
+    """All drained rows of ``topic`` in the window, or None when nothing was drained there yet."""
+    root = layout.REJECTED_ROOT if rejected else layout.DATA_ROOT
+    keys = [info.key for info in data_files(store, topic, since, until, root=root)]
+    if not keys:
+        return None
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        tables = list(pool.map(lambda k: _read(store, k, columns), keys))
+    return pa.concat_tables(tables, promote_options="default")
