@@ -20,4 +20,9 @@ os.environ.setdefault("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(_AIRFLOW_TEST_HOM
 os.environ.setdefault("AIRFLOW_HOME", str(REPO))
 os.environ.setdefault("FLYWHEEL_SPECS_DIR", str(REPO / "include" / "specs"))
 
-pytest_plugins = ["tests.fixtures.kafka_broker", "tests.fixtures.s3_server", "tests.fixtures.stores"]
+pytest_plugins = [
+    "tests.fixtures.kafka_broker",
+    "tests.fixtures.s3_server",
+    "tests.fixtures.stores",
+    "tests.fixtures.airflow_env",
+]

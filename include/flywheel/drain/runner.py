@@ -143,65 +143,6 @@ class TopicDrain:
             )
         return sorted(topic.partitions)
 
-    def _fetch(self, consumer: Any, partition: int, max_rows: int, max_bytes: int, until: int | None,
-               deadline: float) -> tuple[RawBatch, int, bool]:
-        """Read up to a chunk of one partition; return the batch, its byte size and whether at the end.
-
-        With ``until`` set (replaying a pinned chunk) the row and byte limits do not apply: the chunk
-        must end exactly at ``until``.
-        """
-        from confluent_kafka import KafkaError
-
-        values: list[bytes | None] = []
-        offsets: list[int] = []
-        stamps: list[int] = []
-        keys: list[bytes | None] = []
-        size = 0
-        idle_since = time.monotonic()
-        while True:
-            if until is None and (len(offsets) >= max_rows or size >= max_bytes):
-                return RawBatch(self.topic, partition, values, offsets, stamps, keys), size, False
-            if until is not None and offsets and offsets[-1] >= until:
-                return RawBatch(self.topic, partition, values, offsets, stamps, keys), size, False
-            want = 10_000 if until is not None else max(1, min(10_000, max_rows - len(offsets)))
-            messages = consumer.consume(want, 0.1)
-            if not messages:
-                if time.monotonic() - idle_since > self.settings.broker_timeout_s or time.monotonic() > deadline + 30:
-                    raise BrokerUnavailable(
-                        f"no data and no end-of-partition from Kafka at {self.settings.kafka_bootstrap} for "
-                        f"{self.topic}[{partition}] within {self.settings.broker_timeout_s:g}s"
-                    )
-                continue
-            idle_since = time.monotonic()
-            at_end = False
-            for m in messages:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        at_end = True
-                        continue
-                    if err.fatal() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED):
-                        raise BrokerUnavailable(f"{self.topic}[{partition}]: {err.str()}")
-                    log.warning("%s[%d]: consumer error (retrying): %s", self.topic, partition, err.str())
-                    continue
-                value = m.value()
-                values.append(value)
-                offsets.append(m.offset())
-                stamps.append(m.timestamp()[1])
-                keys.append(m.key())
-                if value is not None:
-                    size += len(value)
-            if until is not None and offsets and offsets[-1] > until:
-                cut = int(np.searchsorted(np.asarray(offsets), until, side="right"))
-                del values[cut:], offsets[cut:], stamps[cut:], keys[cut:]
-            if at_end:
-                if until is not None and (not offsets or offsets[-1] < until):
-                    raise FlywheelError(
-                        f"{self.topic}[{partition}]: cannot replay the pinned chunk up to offset {until}: the "
-                        f"partition now ends at {offsets[-1] if offsets else 'its start'} (truncated or recreated?)"
-                    )
-                return RawBatch(self.topic, partition, values, offsets, stamps, keys), size, True
-
     # -- writing ------------------------------------------------------------------------------------
 
     def _write_rows(self, decoded: DecodedBatch, partition: int, start: int, end: int) -> list[dict[str, Any]]:
@@ -249,9 +190,13 @@ class TopicDrain:
                 errors.append(err.str())
 
         for r in rejected:
-            headers = [("flywheel.source.topic", self.topic.encode()), ("flywheel.source.partition", str(partition).encode()),
-                       ("flywheel.source.offset", str(r.offset).encode()), ("flywheel.reason", r.reason.encode()),
-                       ("flywheel.detail", r.detail.encode()[:1000])]
+            headers = [
+                ("flywheel.source.topic", self.topic.encode()),
+                ("flywheel.source.partition", str(partition).encode()),
+                ("flywheel.source.offset", str(r.offset).encode()),
+                ("flywheel.reason", r.reason.encode()),
+                ("flywheel.detail", r.detail.encode()[:1000]),
+            ]
             producer.produce(f"{self.topic}.dlq", value=r.value, key=r.key, headers=headers, on_delivery=on_delivery)
         remaining = producer.flush(self.settings.broker_timeout_s)
         if remaining or errors:
@@ -260,7 +205,8 @@ class TopicDrain:
     # -- the run ------------------------------------------------------------------------------------
 
     def run(self, partitions: list[int] | None = None) -> DrainResult:
-        from confluent_kafka import Producer, TopicPartition
+        """Drain until every chosen partition is at its end or the record/time budget is spent."""
+        from confluent_kafka import KafkaError, Producer, TopicPartition
 
         started = time.monotonic()
         deadline = started + self.limits.max_seconds
@@ -274,100 +220,173 @@ class TopicDrain:
             if unknown:
                 raise ConfigError(f"topic {self.topic!r} has no partition(s) {unknown}")
             # Before any assignment: once a fetch is parked at the log end, offset queries wait behind it.
-            watermarks = {p: self._watermarks(consumer, p, TopicPartition) for p in chosen}
-            for partition in chosen:
-                if result.rows + result.rejected >= self.limits.max_records or time.monotonic() >= deadline:
-                    break
-                self._drain_partition(consumer, producer, partition, watermarks[partition], result, deadline,
-                                      TopicPartition)
+            states = {}
+            for p in chosen:
+                state = self._open_partition(consumer, p, TopicPartition)
+                result.partitions[p] = state.start
+                if state.start < state.high:
+                    states[p] = state
+            if states:
+                consumer.assign([TopicPartition(self.topic, p, max(st.start, st.low)) for p, st in states.items()])
+            self._consume_loop(consumer, producer, states, result, deadline, KafkaError, TopicPartition)
         finally:
             consumer.close()
         result.seconds = time.monotonic() - started
         log.info("drained %s: %s", self.topic, result.as_dict())
         return result
 
-    def _watermarks(self, consumer: Any, partition: int, topic_partition: Any) -> tuple[int, int]:
+    def _open_partition(self, consumer: Any, partition: int, topic_partition: Any) -> _PartitionState:
         try:
             low, high = consumer.get_watermark_offsets(topic_partition(self.topic, partition),
                                                        timeout=self.settings.broker_timeout_s, cached=False)
         except Exception as exc:
-            raise BrokerUnavailable(f"{self.topic}[{partition}]: could not read the partition's offsets: {exc}") from None
-        return int(low), int(high)
-
-    def _drain_partition(self, consumer: Any, producer: Any, partition: int, watermarks: tuple[int, int],
-                         result: DrainResult, deadline: float, topic_partition: Any) -> None:
+            raise BrokerUnavailable(
+                f"{self.topic}[{partition}]: could not read the partition's offsets: {exc}"
+            ) from None
         ledger = PartitionLedger(self.store, self.topic, partition, self.owner, self.limits.lease_s)
-        low, high = watermarks
         resume = ledger.resume_offset()
-        offset = low if resume is None else resume
-        if offset > high:
+        start = low if resume is None else resume
+        if start > high:
             raise FlywheelError(
-                f"{self.topic}[{partition}]: the store says the drain stopped at offset {offset}, but the partition "
+                f"{self.topic}[{partition}]: the store says the drain stopped at offset {start}, but the partition "
                 f"ends at {high}: was the topic deleted and recreated? Move the old data aside before draining it."
             )
-        expired = [offset, low - 1] if offset < low else None
-        if expired:
+        state = _PartitionState(partition, ledger, start, low, high)
+        if start < low:
+            state.expired = [start, low - 1]
             log.warning("%s[%d]: offsets %d-%d expired (retention) before they were drained", self.topic,
-                        partition, *expired)
-        result.partitions[partition] = offset
-        if offset >= high:
-            return  # nothing new: do not even assign
-        consumer.assign([topic_partition(self.topic, partition, max(offset, low))])
-        at_end = False
-        while not at_end:
-            budget = self.limits.max_records - result.rows - result.rejected
-            if budget <= 0 or time.monotonic() >= deadline:
-                break
-            batch, size, at_end = self._fetch(consumer, partition, min(self.limits.flush_rows, budget),
-                                              self.limits.flush_bytes, None, deadline)
-            if not batch.offsets:
-                break
-            claim: Claim = ledger.claim(offset, batch.offsets[-1])
-            if claim.status == "busy":
-                result.busy[partition] = claim.holder
-                log.info("%s[%d]: chunk at %d is being drained by %s; skipping", self.topic, partition, offset,
-                         claim.holder)
-                break
-            if claim.status == "committed":
-                resumed = ledger.resume_offset()
-                offset = offset if resumed is None else resumed
-                consumer.seek(topic_partition(self.topic, partition, offset))
-                at_end = False
+                        partition, start, low - 1)
+        return state
+
+    def _consume_loop(self, consumer: Any, producer: Any, states: dict[int, _PartitionState], result: DrainResult,
+                      deadline: float, kafka_error: Any, topic_partition: Any) -> None:
+        budget = self.limits.max_records
+        taken = 0  # records consumed in this run
+        idle_since = time.monotonic()
+        active = dict(states)
+        while active:
+            out_of_budget = taken >= budget or time.monotonic() >= deadline
+            if out_of_budget:
+                # Cut what is buffered (unless a pinned replay still needs more) and stop.
+                for st in list(active.values()):
+                    if st.pinned_end is None or self._ready(st, False):
+                        while not st.busy and self._ready(st, True):
+                            self._cut_chunk(consumer, producer, st, result, topic_partition)
+                        del active[st.partition]
+                if not active:
+                    break
+            messages = consumer.consume(10_000 if out_of_budget else max(1, min(10_000, budget - taken)), 0.1)
+            if not messages:
+                if time.monotonic() - idle_since > self.settings.broker_timeout_s:
+                    raise BrokerUnavailable(
+                        f"no data and no end-of-partition from Kafka at {self.settings.kafka_bootstrap} for "
+                        f"{self.topic} within {self.settings.broker_timeout_s:g}s"
+                    )
                 continue
-            if claim.end < batch.offsets[-1]:  # an earlier attempt pinned a shorter chunk
-                cut = int(np.searchsorted(np.asarray(batch.offsets), claim.end, side="right"))
-                for column in (batch.values, batch.offsets, batch.timestamps_ms, batch.keys):
-                    del column[cut:]
-                consumer.seek(topic_partition(self.topic, partition, claim.end + 1))
-                at_end = False
-            elif claim.end > batch.offsets[-1]:  # ... or a longer one: read on to its end
-                more, more_size, at_end = self._fetch(consumer, partition, 0, 0, claim.end, deadline)
-                for column, extra in ((batch.values, more.values), (batch.offsets, more.offsets),
-                                      (batch.timestamps_ms, more.timestamps_ms), (batch.keys, more.keys)):
-                    column.extend(extra)
-                size += more_size
-            end = claim.end
-            decoded = decode_batch(self.schema, batch, max_event_bytes=self.limits.max_event_bytes)
-            files = self._write_rows(decoded, partition, offset, end)
-            rejected_files = self._write_rejected(decoded.rejected, partition, offset, end)
-            self._dead_letter(producer, decoded.rejected, partition)
-            reasons = decoded.reason_counts()
-            manifest = Manifest(
-                topic=self.topic, partition=partition, start=offset, end=end, next_offset=end + 1,
-                rows=decoded.table.num_rows, rejected=len(decoded.rejected), reasons=dict(reasons), files=files,
-                rejected_files=rejected_files, owner=self.owner, expired=expired,
-            )
-            if ledger.commit(manifest):
-                result.rows += manifest.rows
-                result.rejected += manifest.rejected
-                result.reasons.update(reasons)
-                result.files += len(files) + len(rejected_files)
-                result.bytes_in += size
-                result.chunks += 1
-            expired = None
-            offset = end + 1
-            result.partitions[partition] = offset
-            self._commit_group_offset(consumer, partition, offset, topic_partition)
+            idle_since = time.monotonic()
+            ended: set[int] = set()
+            for m in messages:
+                err = m.error()
+                if err is not None:
+                    if err.code() == kafka_error._PARTITION_EOF:
+                        ended.add(m.partition())
+                        continue
+                    if err.fatal() or err.code() in (kafka_error.UNKNOWN_TOPIC_OR_PART,
+                                                     kafka_error.TOPIC_AUTHORIZATION_FAILED):
+                        raise BrokerUnavailable(f"{self.topic}: {err.str()}")
+                    log.warning("%s: consumer error (retrying): %s", self.topic, err.str())
+                    continue
+                st = active.get(m.partition())
+                if st is None:  # a partition we already finished; its records stay for the next run
+                    continue
+                value = m.value()
+                st.values.append(value)
+                st.offsets.append(m.offset())
+                st.timestamps.append(m.timestamp()[1])
+                st.keys.append(m.key())
+                if value is not None:
+                    st.size += len(value)
+                taken += 1
+            for st in list(active.values()):
+                at_end = st.partition in ended
+                if at_end and st.pinned_end is not None and (not st.offsets or st.offsets[-1] < st.pinned_end):
+                    raise FlywheelError(
+                        f"{self.topic}[{st.partition}]: cannot replay the pinned chunk up to offset "
+                        f"{st.pinned_end}: the partition ends before it (truncated or recreated?)"
+                    )
+                while not st.busy and self._ready(st, at_end):
+                    self._cut_chunk(consumer, producer, st, result, topic_partition)
+                if st.busy or (at_end and not st.offsets and st.pinned_end is None):
+                    del active[st.partition]
+                    consumer.pause([topic_partition(self.topic, st.partition)])
+
+    def _natural_cut(self, st: _PartitionState) -> int:
+        """How many buffered records the next chunk takes: up to flush_rows, and up to flush_bytes."""
+        cut = min(len(st.offsets), self.limits.flush_rows)
+        if st.size >= self.limits.flush_bytes:
+            sizes = np.cumsum([len(v) if v is not None else 0 for v in st.values[:cut]])
+            cut = min(cut, int(np.searchsorted(sizes, self.limits.flush_bytes, side="left")) + 1)
+        return cut
+
+    def _ready(self, st: _PartitionState, at_end: bool) -> bool:
+        """Whether the buffered records make a chunk: cut by rows or bytes, never by the clock."""
+        if not st.offsets:
+            return False
+        if st.pinned_end is not None:
+            return st.offsets[-1] >= st.pinned_end
+        return len(st.offsets) >= self.limits.flush_rows or st.size >= self.limits.flush_bytes or at_end
+
+    def _cut_chunk(self, consumer: Any, producer: Any, st: _PartitionState, result: DrainResult,
+                   topic_partition: Any) -> None:
+        """Claim, write and commit the buffered records of one partition as one chunk."""
+        last = st.pinned_end if st.pinned_end is not None else st.offsets[self._natural_cut(st) - 1]
+        if st.pinned_end is None:
+            claim: Claim = st.ledger.claim(st.start, last)
+            if claim.status == "busy":
+                log.info("%s[%d]: chunk at %d is being drained by %s; skipping", self.topic, st.partition,
+                         st.start, claim.holder)
+                result.busy[st.partition] = claim.holder
+                st.busy = True
+                return
+            if claim.status == "committed":
+                resumed = st.ledger.resume_offset()
+                st.start = st.start if resumed is None else resumed
+                st.clear()
+                consumer.seek(topic_partition(self.topic, st.partition, st.start))
+                return
+            if claim.end > last:  # an earlier attempt pinned a longer chunk: read on to its end
+                st.pinned_end = claim.end
+                return
+            last = claim.end
+        cut = int(np.searchsorted(np.asarray(st.offsets, dtype=np.int64), last, side="right"))
+        batch = RawBatch(self.topic, st.partition, st.values[:cut], st.offsets[:cut], st.timestamps[:cut],
+                         st.keys[:cut])
+        size = sum(len(v) for v in batch.values if v is not None)
+        del st.values[:cut], st.offsets[:cut], st.timestamps[:cut], st.keys[:cut]
+        st.size -= size
+        st.pinned_end = None
+
+        decoded = decode_batch(self.schema, batch, max_event_bytes=self.limits.max_event_bytes)
+        files = self._write_rows(decoded, st.partition, st.start, last)
+        rejected_files = self._write_rejected(decoded.rejected, st.partition, st.start, last)
+        self._dead_letter(producer, decoded.rejected, st.partition)
+        reasons = decoded.reason_counts()
+        manifest = Manifest(
+            topic=self.topic, partition=st.partition, start=st.start, end=last, next_offset=last + 1,
+            rows=decoded.table.num_rows, rejected=len(decoded.rejected), reasons=dict(reasons), files=files,
+            rejected_files=rejected_files, owner=self.owner, expired=st.expired,
+        )
+        if st.ledger.commit(manifest):
+            result.rows += manifest.rows
+            result.rejected += manifest.rejected
+            result.reasons.update(reasons)
+            result.files += len(files) + len(rejected_files)
+            result.bytes_in += size
+            result.chunks += 1
+        st.expired = None
+        st.start = last + 1
+        result.partitions[st.partition] = st.start
+        self._commit_group_offset(consumer, st.partition, st.start, topic_partition)
 
     def _commit_group_offset(self, consumer: Any, partition: int, offset: int, topic_partition: Any) -> None:
         """For lag dashboards only; the ledger is what the next run resumes from."""
@@ -375,3 +394,27 @@ class TopicDrain:
             consumer.commit(offsets=[topic_partition(self.topic, partition, offset)], asynchronous=True)
         except Exception as exc:  # a failed commit costs nothing but a stale lag metric
             log.warning("%s[%d]: could not commit group offset %d: %s", self.topic, partition, offset, exc)
+
+
+@dataclass
+class _PartitionState:
+    """Where one partition stands in this run, and the records buffered for its next chunk."""
+
+    partition: int
+    ledger: PartitionLedger
+    start: int  # first offset of the chunk being buffered
+    low: int
+    high: int
+    expired: list[int] | None = None
+    pinned_end: int | None = None
+    busy: bool = False
+    size: int = 0
+    values: list[bytes | None] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.values.clear(), self.offsets.clear(), self.timestamps.clear(), self.keys.clear()
+        self.size = 0
+        self.pinned_end = None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import orjson
-import pyarrow.compute as pc
 import pytest
-
 from flywheel.demo.generator import event_stream
 from flywheel.drain import drain_topic
 from flywheel.drain.reader import read_topic
