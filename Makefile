@@ -54,8 +54,9 @@ airflow-down:
 down: airflow-down kafka-down
 
 # --- the two commands --------------------------------------------------------------------------------
-demo: kafka-up airflow-up
+demo: kafka-up
 	@$(BIN)/flywheel check --create-topics
+	@scripts/airflow.sh up
 	@scripts/airflow.sh dags
 	@$(BIN)/python -m flywheel.demo_summary 2>/dev/null || true
 	@echo

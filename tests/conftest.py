@@ -25,4 +25,5 @@ pytest_plugins = [
     "tests.fixtures.s3_server",
     "tests.fixtures.stores",
     "tests.fixtures.airflow_env",
+    "tests.fixtures.airflow_standalone",
 ]

@@ -77,7 +77,7 @@ def _load_command_modules() -> None:
     """Commands living next to their logic register themselves on import."""
     import importlib
 
-    for module in ("flywheel.drain.cli",):
+    for module in ("flywheel.drain.cli", "flywheel.airflow_client"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for chatty in ("httpx", "httpcore", "botocore", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
         return _COMMANDS[args.command][0](args, settings)
@@ -113,4 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the installed module, so sub-commands registered by other modules land in one table.
+    from flywheel.cli import main as installed_main
+
+    sys.exit(installed_main())

@@ -34,7 +34,7 @@ def check_all(settings: Settings, *, create_topics: bool = False) -> list[CheckR
 
     try:
         store = settings.open_store()
-        probe = ".flywheel-check"
+        probe = "_flywheel/check"
         store.put(probe, b"ok")
         store.get(probe)
         store.delete(probe)

@@ -6,6 +6,8 @@ the scorer, the model-event publisher and the admin checks alike.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -35,6 +37,28 @@ _ROLE_DEFAULTS: dict[Role, dict[str, Any]] = {
 }
 
 
+class _OncePerMinute(logging.Filter):
+    """librdkafka repeats a connection failure every few milliseconds; one line a minute says it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        key = text.split("|", 3)[-1][:200] if "|" in text else text[:200]
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < 60:
+            return False
+        self._last[key] = now
+        return True
+
+
+#: librdkafka's own log lines go through Python logging instead of straight to stderr.
+LIBRDKAFKA_LOG = logging.getLogger("flywheel.librdkafka")
+LIBRDKAFKA_LOG.addFilter(_OncePerMinute())
+
+
 def client_config(settings: Settings, role: Role, **overrides: Any) -> dict[str, Any]:
     """Config dict for a confluent-kafka client.
 
@@ -43,7 +67,11 @@ def client_config(settings: Settings, role: Role, **overrides: Any) -> dict[str,
     """
     if not settings.kafka_bootstrap:
         raise ConfigError("no Kafka bootstrap servers: set FLYWHEEL_KAFKA_BOOTSTRAP (host:port[,host:port])")
-    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap, "client.id": f"flywheel-{role}"}
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": f"flywheel-{role}",
+        "logger": LIBRDKAFKA_LOG,
+    }
     config.update(_ROLE_DEFAULTS[role])
     config.update(settings.kafka_config)
     config.update({k.replace("_", "."): v for k, v in overrides.items()})

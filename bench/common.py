@@ -1,0 +1,372 @@
+"""Shared helpers of the benchmarks: a private broker, measured subprocesses, results.
+
+Every benchmark measures the process that does the work, not the one that orchestrates it, so each
+contender runs in its own process and its peak RSS, CPU time and wall time come from the kernel
+(``wait4``). A contender is either a Python function of this repository run with any interpreter
+(``run_function``) or any command that writes its result JSON to the path in ``BENCH_RESULT``
+(``run_measured``).
+
+The child side of ``run_function`` is this module itself::
+
+    python -m bench.common call module:function   (keyword arguments as JSON on stdin)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "bench" / "results"
+KAFKA_SCRIPT = REPO / "scripts" / "kafka.sh"
+#: Environment variable naming the file a measured child writes its result JSON to.
+RESULT_ENV = "BENCH_RESULT"
+
+MB = 1_000_000  # throughput is reported in decimal megabytes
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+# -- ports and the broker ----------------------------------------------------------------------------
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(pair: bool = False, avoid: Sequence[int] = (9092, 9093)) -> int:
+    """A free TCP port on 127.0.0.1 (with ``pair``: one whose successor is free too)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port in avoid or (pair and (port + 1 in avoid or port + 1 > 65535 or not port_is_free(port + 1))):
+            continue
+        return port
+    raise RuntimeError("no free port found")
+
+
+@dataclass
+class Broker:
+    """A single-node Kafka started through ``scripts/kafka.sh`` on a port and data folder of its own."""
+
+    port: int
+    data_dir: Path
+    heap_opts: str = "-Xms512m -Xmx1g"
+    started: bool = False
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.port + 1),
+                "KAFKA_DATA_DIR": str(self.data_dir), "KAFKA_HEAP_OPTS": self.heap_opts}
+
+    def _script(self, action: str) -> None:
+        subprocess.run([str(KAFKA_SCRIPT), action], env=self.env, check=True)
+
+    def up(self, fresh: bool = True) -> Broker:
+        if fresh and self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.started = True  # from here on, down() must run even if up() fails half-way
+        self._script("up")
+        return self
+
+    def down(self) -> None:
+        if self.started:
+            self._script("down")
+            self.started = False
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "broker.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+@contextlib.contextmanager
+def kafka_broker(data_root: Path | None = None, port: int | None = None, fresh: bool = True,
+                 heap_opts: str = "-Xms512m -Xmx1g") -> Iterator[Broker]:
+    """Start a private broker (never on 9092), yield it, and stop it however the block ends.
+
+    SIGTERM is turned into an exception for the duration, so a killed benchmark still stops its broker.
+    """
+    port = port or free_port(pair=True)
+    if port in (9092, 9093):
+        raise ValueError("port 9092 (and its controller port 9093) belong to the shared broker")
+    broker = Broker(port, (data_root or REPO / ".local" / "bench-kafka") / str(port), heap_opts)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        broker.up(fresh=fresh)
+        yield broker
+    finally:
+        try:
+            broker.down()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            if fresh:
+                shutil.rmtree(broker.data_dir, ignore_errors=True)
+
+
+# -- measured processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """What the kernel says about one finished child, plus the result it wrote."""
+
+    argv: list[str]
+    returncode: int
+    wall_s: float  # from fork to exit, interpreter start-up included
+    peak_rss_bytes: int  # ru_maxrss of the child (and of its waited-for children, if any)
+    user_s: float
+    sys_s: float
+    result: dict[str, Any] = field(default_factory=dict)
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+    def check(self) -> Measured:
+        if not self.ok:
+            raise RuntimeError(
+                f"{' '.join(self.argv[:4])} ... exited with {self.returncode}\n--- stderr (tail) ---\n"
+                f"{self.stderr_tail}\n--- stdout (tail) ---\n{self.stdout_tail}"
+            )
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("stdout_tail"), d.pop("stderr_tail")
+        d["peak_rss_mib"] = round(self.peak_rss_bytes / MIB, 1)
+        return d
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return ""
+    return data[-limit:].decode("utf-8", "replace")
+
+
+def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                 cwd: str | os.PathLike[str] | None = None,
+                 stdin: bytes | None = None, timeout_s: float = 3600.0, log_dir: Path | None = None) -> Measured:
+    """Run ``argv`` to completion; return its peak RSS, CPU and wall time, and the JSON it wrote.
+
+    The child finds the path for its result JSON in ``$BENCH_RESULT``; stdout and stderr go to files
+    (in ``log_dir`` if given, kept; else a temporary folder) so a chatty child cannot block on a pipe.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        logs = log_dir or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        result_path, out_path, err_path = Path(tmp) / "result.json", logs / "stdout.log", logs / "stderr.log"
+        child_env = {**(env if env is not None else os.environ), RESULT_ENV: str(result_path)}
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            started = time.perf_counter()
+            proc = subprocess.Popen(list(argv), env=child_env, cwd=cwd, stdout=out, stderr=err,
+                                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                    start_new_session=True)
+            if stdin is not None:
+                assert proc.stdin is not None
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            timer = threading.Timer(timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
+            timer.start()
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)  # reaps it: rusage of exactly this child
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                raise
+            finally:
+                timer.cancel()
+            wall = time.perf_counter() - started
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        result: dict[str, Any] = {}
+        if result_path.exists() and result_path.stat().st_size:
+            result = json.loads(result_path.read_text())
+        return Measured(list(argv), proc.returncode, wall, usage.ru_maxrss * 1024, usage.ru_utime, usage.ru_stime,
+                        result, _tail(out_path), _tail(err_path))
+
+
+def run_function(target: str | Callable[..., Any], kwargs: Mapping[str, Any] | None = None, *,
+                 python: str | os.PathLike[str] = sys.executable, env: Mapping[str, str] | None = None,
+                 timeout_s: float = 3600.0, log_dir: Path | None = None) -> Measured:
+    """Call ``module:function(**kwargs)`` in a fresh interpreter; its return value (JSON) is ``result``.
+
+    ``kwargs`` and the return value must be JSON-serialisable. The child also reports its RSS just
+    before the call (``rss_before_call_bytes``: the interpreter and imports) and the call's own wall
+    time (``call_s``), so start-up cost can be told apart from the work.
+    """
+    if callable(target):
+        module = target.__module__
+        if module == "__main__":  # run as `python -m bench.x`: the child must import it by its real name
+            spec = getattr(sys.modules["__main__"], "__spec__", None)
+            if spec is None:
+                raise ValueError(f"{target!r} lives in a script, not an importable module: name it 'module:function'")
+            module = spec.name
+        target = f"{module}:{target.__qualname__}"
+    child_env = dict(env if env is not None else os.environ)
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), child_env.get("PYTHONPATH", "")) if p)
+    return run_measured([str(python), "-m", "bench.common", "call", target], env=child_env, cwd=REPO,
+                        stdin=json.dumps(dict(kwargs or {})).encode(), timeout_s=timeout_s, log_dir=log_dir)
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_self_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def write_child_result(result: Mapping[str, Any]) -> None:
+    """For a measured child that is a script: write its result where ``run_measured`` looks for it."""
+    path = os.environ.get(RESULT_ENV)
+    if path:
+        Path(path).write_text(json.dumps(dict(result), default=str))
+
+
+def _child_call(target: str) -> int:
+    module_name, _, func_name = target.partition(":")
+    kwargs = json.loads(sys.stdin.read() or "{}")
+    func = importlib.import_module(module_name)
+    for part in func_name.split("."):
+        func = getattr(func, part)
+    rss_before = current_rss_bytes()
+    started = time.perf_counter()
+    value = func(**kwargs)
+    call_s = time.perf_counter() - started
+    out = {"value": value, "call_s": call_s, "rss_before_call_bytes": rss_before,
+           "peak_rss_self_bytes": peak_rss_self_bytes()}
+    write_child_result(out)
+    return 0
+
+
+# -- timing and reporting ----------------------------------------------------------------------------
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...; sw.seconds``"""
+
+    def __enter__(self) -> Stopwatch:
+        self.started = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("nan")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """A GitHub markdown table; ``align`` is one of l/r/c per column (default: first left, rest right)."""
+    align = align or ("l" + "r" * (len(headers) - 1))
+    marks = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |",
+             "| " + " | ".join(marks[a] for a in align) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment() -> dict[str, Any]:
+    """Where a result came from: machine, interpreter, library versions, repository state."""
+    info: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": [line[3:] for line in _git("status", "--porcelain").splitlines()],
+    }
+    with contextlib.suppress(OSError, ValueError):
+        meminfo = Path("/proc/meminfo").read_text().split("\n")[0]
+        info["mem_total_gib"] = round(int(meminfo.split()[1]) * 1024 / GIB, 1)
+    versions = {}
+    for name in ("confluent_kafka", "pyarrow", "orjson", "numpy"):
+        with contextlib.suppress(ImportError):
+            module = importlib.import_module(name)
+            versions[name] = module.version()[0] if name == "confluent_kafka" else module.__version__
+    with contextlib.suppress(ImportError):
+        import confluent_kafka
+
+        versions["librdkafka"] = confluent_kafka.libversion()[0]
+    info["versions"] = versions
+    return info
+
+
+def write_results(name: str, data: Mapping[str, Any]) -> Path:
+    """``bench/results/<name>.json`` (git-ignored), with the environment recorded alongside."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "environment": environment(), **data}, indent=2, default=str)
+                    + "\n")
+    return path
+
+
+def fresh_dir(path: Path) -> Path:
+    """Delete ``path`` if it exists and create it empty (refusing anything outside the repository)."""
+    path = path.resolve()
+    if REPO not in path.parents:
+        raise ValueError(f"refusing to wipe {path}: not inside {REPO}")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "call":
+        sys.exit(_child_call(sys.argv[2]))
+    print(__doc__, file=sys.stderr)
+    sys.exit(2)
