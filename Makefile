@@ -24,6 +24,7 @@ help:
 # --- setup -------------------------------------------------------------------------------------------
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip >/dev/null
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/uv pip install -q -r requirements.txt
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/uv pip install -q --no-deps -e .
@@ -32,7 +33,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 	@scripts/kafka.sh jars
 
-requirements:
+requirements: $(STAMP)
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11
 
 # --- services ----------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import importlib
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import socket
@@ -150,9 +149,17 @@ class Measured:
     argv: list[str]
     returncode: int
     wall_s: float  # from fork to exit, interpreter start-up included
-    peak_rss_bytes: int  # ru_maxrss of the child (and of its waited-for children, if any)
+    #: The child's own high-water RSS (VmHWM): as the child reported it at its end, else as sampled.
+    peak_rss_bytes: int
     user_s: float
     sys_s: float
+    #: Where peak_rss_bytes came from: "reported" (exact) or "sampled" (every 20 ms: a lower bound).
+    peak_rss_source: str = "sampled"
+    #: VmHWM as sampled from /proc/<pid>/status while the child ran.
+    sampled_peak_rss_bytes: int = 0
+    #: The kernel's ru_maxrss from wait4. NOT the child's own peak: Linux carries the parent's
+    #: high-water RSS over fork+exec into it, so a child can never look smaller than its parent was.
+    ru_maxrss_bytes: int = 0
     result: dict[str, Any] = field(default_factory=dict)
     stdout_tail: str = ""
     stderr_tail: str = ""
@@ -188,6 +195,29 @@ def _tail(path: Path, limit: int = 4000) -> str:
     return data[-limit:].decode("utf-8", "replace")
 
 
+def vmhwm_bytes(pid: int | str = "self") -> int:
+    """Peak resident set size (VmHWM) of a live process's current address space; 0 if unknown.
+
+    Unlike ru_maxrss it starts from zero at exec, so it is the process's own peak.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def _sample_hwm(pid: int, stop: threading.Event, out: list[int], every_s: float = 0.02) -> None:
+    while not stop.is_set():
+        value = vmhwm_bytes(pid)
+        if value:
+            out[0] = max(out[0], value)
+        stop.wait(every_s)
+
+
 def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike[str] | None = None,
                  stdin: bytes | None = None, timeout_s: float = 3600.0, log_dir: Path | None = None) -> Measured:
@@ -195,6 +225,8 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
 
     The child finds the path for its result JSON in ``$BENCH_RESULT``; stdout and stderr go to files
     (in ``log_dir`` if given, kept; else a temporary folder) so a chatty child cannot block on a pipe.
+    A child that puts its own final VmHWM into the result as ``vmhwm_bytes`` (``run_function``
+    children do) gets an exact peak RSS; any other child's peak is sampled from /proc every 20 ms.
     """
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         logs = log_dir or Path(tmp)
@@ -212,6 +244,9 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                 proc.stdin.close()
             timer = threading.Timer(timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
             timer.start()
+            sampled, stop_sampling = [0], threading.Event()
+            sampler = threading.Thread(target=_sample_hwm, args=(proc.pid, stop_sampling, sampled), daemon=True)
+            sampler.start()
             try:
                 _, status, usage = os.wait4(proc.pid, 0)  # reaps it: rusage of exactly this child
             except BaseException:
@@ -220,12 +255,16 @@ def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                 raise
             finally:
                 timer.cancel()
+                stop_sampling.set()
+                sampler.join()
             wall = time.perf_counter() - started
             proc.returncode = os.waitstatus_to_exitcode(status)
         result: dict[str, Any] = {}
         if result_path.exists() and result_path.stat().st_size:
             result = json.loads(result_path.read_text())
-        return Measured(list(argv), proc.returncode, wall, usage.ru_maxrss * 1024, usage.ru_utime, usage.ru_stime,
+        reported = int(result.get("vmhwm_bytes") or 0)
+        return Measured(list(argv), proc.returncode, wall, reported or sampled[0], usage.ru_utime, usage.ru_stime,
+                        "reported" if reported else "sampled", sampled[0], usage.ru_maxrss * 1024,
                         result, _tail(out_path), _tail(err_path))
 
 
@@ -258,15 +297,11 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_rss_self_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def write_child_result(result: Mapping[str, Any]) -> None:
-    """For a measured child that is a script: write its result where ``run_measured`` looks for it."""
+    """For a measured child: write its result (and its own peak RSS) where ``run_measured`` looks for it."""
     path = os.environ.get(RESULT_ENV)
     if path:
-        Path(path).write_text(json.dumps(dict(result), default=str))
+        Path(path).write_text(json.dumps({**result, "vmhwm_bytes": vmhwm_bytes()}, default=str))
 
 
 def _child_call(target: str) -> int:
@@ -279,8 +314,7 @@ def _child_call(target: str) -> int:
     started = time.perf_counter()
     value = func(**kwargs)
     call_s = time.perf_counter() - started
-    out = {"value": value, "call_s": call_s, "rss_before_call_bytes": rss_before,
-           "peak_rss_self_bytes": peak_rss_self_bytes()}
+    out = {"value": value, "call_s": call_s, "rss_before_call_bytes": rss_before}
     write_child_result(out)
     return 0
 
