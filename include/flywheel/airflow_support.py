@@ -91,3 +91,17 @@ def settings_from_airflow() -> Settings:
             "s3_region": extra.get("region_name") or settings.s3_region,
         })
     return settings.with_overrides(**changes) if changes else settings
+
+
+def model_asset(model: str) -> Any:
+    """Updated when a new champion is promoted (or rolled back to) for ``model``."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"flywheel.model.{model}", uri=f"flywheel://models/{model}", group="flywheel")
+
+
+def retrain_request_asset(model: str) -> Any:
+    """Drift monitoring updates this to ask for a retrain; the training DAG is scheduled on it."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"flywheel.retrain.{model}", uri=f"flywheel://retrain/{model}", group="flywheel")

@@ -11,18 +11,6 @@ from tests.fixtures.airflow_env import run_dag, task_results
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def env_for_dags(make_env, monkeypatch, airflow_db):
-    """An environment whose spec the DAG files are generated from (they read FLYWHEEL_* at parse time)."""
-    env = make_env()
-    s = env.settings
-    monkeypatch.setenv("FLYWHEEL_SPECS_DIR", str(s.specs_dir))
-    monkeypatch.setenv("FLYWHEEL_KAFKA_BOOTSTRAP", s.kafka_bootstrap)
-    monkeypatch.setenv("FLYWHEEL_STORE_URL", s.store_url)
-    monkeypatch.setenv("FLYWHEEL_GROUP_PREFIX", s.group_prefix)
-    return env
-
-
 def test_drain_dag_drains_each_topic_and_skips_idle_ones(env_for_dags):
     env = env_for_dags
     events = list(event_stream(300, rate_per_s=1))
