@@ -28,11 +28,13 @@ META_FIELDS = [
 ]
 EVENT_TIME_TYPE = pa.timestamp("us", tz="UTC")
 
+#: What the scorer writes for each event (plus the key and event-time fields of the features).
 PREDICTION_FIELDS = {
     "score": pa.float64(),
     "decision": pa.bool_(),
     "model_version": pa.string(),
-    "scored_at": pa.string(),
+    "source_ts_ms": pa.int64(),
+    "scored_at_ms": pa.int64(),
 }
 
 

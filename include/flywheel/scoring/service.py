@@ -1,0 +1,284 @@
+"""The streaming scorer: one consumer-group member that embeds the champion and scores micro-batches.
+
+Per batch: decode all events at once (the drain's vectorised decoder, so both agree on what a bad
+event is), score the feature matrix in one call, produce one prediction per event, then commit the
+consumed offsets, only after the broker acknowledged every prediction. In exactly-once mode the
+predictions, dead letters and consumed offsets form one Kafka transaction. A failed batch is rewound
+and retried, so an event is never skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from flywheel.drain.decode import RawBatch, decode_batch
+from flywheel.drain.schema import topic_schemas
+from flywheel.errors import BrokerUnavailable
+from flywheel.features import to_matrix
+from flywheel.kafka_config import client_config
+from flywheel.scoring.metrics import ScorerMetrics
+from flywheel.scoring.model import ServingModel
+from flywheel.scoring.watcher import ChampionWatcher
+from flywheel.settings import Settings
+from flywheel.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    exactly_once: bool = False
+    compile_model: bool = False
+    batch_size: int | None = None  # default: the spec's
+    batch_timeout_ms: int | None = None
+    metrics_interval_s: float = 10.0
+    poll_interval_s: float = 10.0
+    #: Distinguishes members in exactly-once mode (transactional.id must be unique per member).
+    member_id: str = "0"
+
+
+class Scorer:
+    def __init__(self, settings: Settings, spec: ModelSpec, options: ScorerOptions = ScorerOptions()) -> None:
+        self.settings, self.spec, self.options = settings, spec, options
+        self.schema = next(s for s in topic_schemas(spec) if s.kind == "features")
+        self.batch_size = options.batch_size or spec.scoring.batch_size
+        self.batch_timeout_s = (options.batch_timeout_ms or spec.scoring.batch_timeout_ms) / 1000
+        self.group_id = f"{settings.group_prefix}-scorer-{spec.name}"
+        self.dlq_topic = f"{spec.topics.features}.dlq"
+        self.metrics = ScorerMetrics(spec.name)
+        self.model: ServingModel | None = None
+        self._failures = 0
+        self.stopping = threading.Event()
+        self.watcher = ChampionWatcher(settings, spec, compile_model=options.compile_model,
+                                       poll_interval_s=options.poll_interval_s,
+                                       cache_dir=settings.home / ".cache" / "lleaves")
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: Any) -> None:
+            log.info("%s received: finishing the batch, committing, leaving the group", signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _wait_for_champion(self) -> bool:
+        announced = 0.0
+        while not self.stopping.is_set():
+            model = self.watcher.take_ready()
+            if model is not None:
+                self._swap(model)
+                return True
+            if time.monotonic() - announced > 30:
+                log.info("%s: no champion yet; waiting for one to be promoted", self.spec.name)
+                announced = time.monotonic()
+            self.stopping.wait(0.2)
+        return False
+
+    def _swap(self, model: ServingModel) -> None:
+        previous = self.model.version if self.model else None
+        self.model = model
+        self.metrics.model_version = model.version
+        if previous is not None:
+            self.metrics.swaps += 1
+        log.info("%s: now scoring with v%d (was v%s)", self.spec.name, model.version, previous)
+
+    def _clients(self) -> tuple[Any, Any, Any]:
+        from confluent_kafka import Consumer, Producer
+
+        consumer = Consumer(client_config(self.settings, "consumer", **{
+            "group.id": self.group_id, "enable.partition.eof": False, "isolation.level": "read_committed",
+            "client.id": f"flywheel-scorer-{self.spec.name}-{self.options.member_id}",
+            "fetch.wait.max.ms": 10, "max.poll.interval.ms": 300000}))
+        producer_config = client_config(self.settings, "producer", **{"linger.ms": 2, "compression.type": "lz4"})
+        if self.options.exactly_once:
+            producer_config["transactional.id"] = f"{self.group_id}-{self.options.member_id}"
+        producer = Producer(producer_config)
+        side = Producer(client_config(self.settings, "producer", **{"linger.ms": 50}))  # metrics, outside txns
+        return consumer, producer, side
+
+    def run(self, max_events: int | None = None, max_seconds: float | None = None) -> ScorerMetrics:
+        """Score until stopped (SIGTERM/SIGINT, ``stop()``), or until a bound for tests and benchmarks."""
+        self.watcher.start()
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        if not self._wait_for_champion():
+            self.watcher.stop()
+            return self.metrics
+        consumer, producer, side = self._clients()
+        if self.options.exactly_once:
+            producer.init_transactions(self.settings.broker_timeout_s * 3)
+        consumer.subscribe([self.spec.topics.features],
+                           on_assign=lambda c, ps: log.info("assigned %s", [p.partition for p in ps]),
+                           on_revoke=lambda c, ps: log.info("revoked %s", [p.partition for p in ps]))
+        next_metrics = time.monotonic() + self.options.metrics_interval_s
+        try:
+            while not self.stopping.is_set():
+                if max_events is not None and self.metrics.consumed >= max_events:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                ready = self.watcher.take_ready()
+                if ready is not None:
+                    self._swap(ready)
+                messages = consumer.consume(self.batch_size, self.batch_timeout_s)
+                if messages:
+                    self._process(consumer, producer, messages)
+                if time.monotonic() >= next_metrics:
+                    self.metrics.refused = len(self.watcher.refused)
+                    self.metrics.publish(side, self.settings.metrics_topic)
+                    side.poll(0)
+                    next_metrics = time.monotonic() + self.options.metrics_interval_s
+        finally:
+            self.watcher.stop()
+            side.flush(5)
+            consumer.close()  # leaves the group: the others take over its partitions at once
+        log.info("%s scorer stopped: %s", self.spec.name, self.metrics.snapshot())
+        return self.metrics
+
+    # -- one batch ----------------------------------------------------------------------------------
+
+    def _process(self, consumer: Any, producer: Any, messages: list[Any]) -> None:
+        from confluent_kafka import KafkaError
+
+        started = time.perf_counter()
+        by_partition: dict[int, list[Any]] = {}
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise BrokerUnavailable(f"scorer consumer: {err.str()}")
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("scorer consumer error (retrying): %s", err.str())
+                continue
+            by_partition.setdefault(m.partition(), []).append(m)
+        if not by_partition:
+            return
+        try:
+            self._score_and_deliver(consumer, producer, by_partition, started)
+            self._failures = 0
+        except Exception as exc:
+            # Give the batch back to Kafka: rewind and let the loop consume it again, so no event is
+            # skipped (at-least-once may then repeat a prediction; exactly-once aborted the transaction).
+            self._failures += 1
+            log.warning("batch of %d failed (%s); rewinding, retry %d", len(messages), exc, self._failures)
+            self._rewind(consumer, by_partition)
+            self.stopping.wait(min(0.5 * 2 ** self._failures, 10))
+
+    def _rewind(self, consumer: Any, by_partition: dict[int, list[Any]]) -> None:
+        from confluent_kafka import TopicPartition
+
+        for partition, batch in by_partition.items():
+            try:
+                consumer.seek(TopicPartition(self.spec.topics.features, partition, batch[0].offset()))
+            except Exception as exc:  # revoked meanwhile: its new owner resumes from the committed offset
+                log.info("partition %d not rewound (%s)", partition, exc)
+
+    def _score_and_deliver(self, consumer: Any, producer: Any, by_partition: dict[int, list[Any]],
+                           started: float) -> None:
+        from confluent_kafka import TopicPartition
+
+        model = self.model
+        assert model is not None
+        topic = self.spec.topics.features
+        errors: list[str] = []
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(err.str())
+
+        eos = self.options.exactly_once
+        if eos:
+            producer.begin_transaction()
+        consumed = scored = dead = 0
+        latencies = []
+        try:
+            for partition, batch in by_partition.items():
+                raw = RawBatch(topic, partition, [m.value() for m in batch], [m.offset() for m in batch],
+                               [m.timestamp()[1] for m in batch], [m.key() for m in batch])
+                decoded = decode_batch(self.schema, raw, max_event_bytes=self.spec.drain.max_event_bytes)
+                consumed += len(batch)
+                table = decoded.table
+                if table.num_rows:
+                    X = to_matrix(table, model.schema)
+                    scores = np.asarray(model.predict(X), dtype=np.float64)
+                    now_ms = int(time.time() * 1000)
+                    source_ms = table.column("_timestamp").cast("int64").to_numpy()
+                    latencies.append(now_ms - source_ms)
+                    self._produce_predictions(producer, table, scores, model.version, now_ms, on_delivery)
+                    scored += table.num_rows
+                if decoded.rejected:
+                    headers_by_offset = {m.offset(): m.headers() or [] for m in batch}
+                    for r in decoded.rejected:
+                        producer.produce(self.dlq_topic, value=r.value, key=r.key, on_delivery=on_delivery,
+                                         headers=[*headers_by_offset.get(r.offset, []),
+                                                  ("flywheel.stage", b"scorer"),
+                                                  ("flywheel.source.topic", topic.encode()),
+                                                  ("flywheel.source.partition", str(partition).encode()),
+                                                  ("flywheel.source.offset", str(r.offset).encode()),
+                                                  ("flywheel.reason", r.reason.encode()),
+                                                  ("flywheel.detail", r.detail.encode()[:1000])])
+                    dead += len(decoded.rejected)
+            offsets = [TopicPartition(topic, p, batch[-1].offset() + 1) for p, batch in by_partition.items()]
+            if eos:
+                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
+                                                     self.settings.broker_timeout_s)
+                producer.commit_transaction(self.settings.broker_timeout_s * 3)
+            else:
+                remaining = producer.flush(self.settings.broker_timeout_s)
+                if remaining or errors:
+                    raise BrokerUnavailable(f"{remaining} predictions unacknowledged; errors {errors[:3]}")
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception:
+            if eos:
+                try:
+                    producer.abort_transaction(self.settings.broker_timeout_s)
+                except Exception as abort_error:  # the original error is what matters
+                    log.warning("abort_transaction failed: %s", abort_error)
+            raise
+        e2e = np.concatenate(latencies) if latencies else np.empty(0)
+        self.metrics.record_batch(consumed, scored, dead, (time.perf_counter() - started) * 1000, e2e)
+
+    def _produce_predictions(self, producer: Any, table: Any, scores: np.ndarray, version: int, now_ms: int,
+                             on_delivery: Any) -> None:
+        key_field = self.spec.key_field
+        time_field = self.spec.event_time_field
+        ids = table.column(key_field).to_pylist()
+        keys = table.column("_key").to_pylist()
+        source_ms = table.column("_timestamp").cast("int64").to_pylist()
+        times = table.column(time_field).to_pylist() if time_field else [None] * len(ids)
+        threshold = self.spec.scoring.threshold
+        topic = self.spec.topics.predictions
+        version_s = str(version)
+        produce = producer.produce
+        for i, score in enumerate(scores.tolist()):
+            value = {key_field: ids[i], "score": score, "decision": score >= threshold, "model_version": version_s,
+                     "source_ts_ms": source_ms[i], "scored_at_ms": now_ms}
+            if time_field and times[i] is not None:
+                value[time_field] = times[i].isoformat().replace("+00:00", "Z")
+            while True:
+                try:
+                    produce(topic, key=keys[i], value=orjson.dumps(value), on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+
+
+def run_scorer(settings: Settings, spec: ModelSpec, options: ScorerOptions, *, handle_signals: bool = True,
+               max_events: int | None = None, max_seconds: float | None = None) -> ScorerMetrics:
+    scorer = Scorer(settings, spec, options)
+    if handle_signals:
+        scorer.install_signal_handlers()
+    return scorer.run(max_events=max_events, max_seconds=max_seconds)
+

@@ -1,0 +1,131 @@
+"""Watches for a new champion and prepares it off the scoring thread.
+
+Two sources, so a swap happens fast and is never missed: the compacted ``flywheel.model-events``
+topic (seconds after a promotion) and, as a fallback, a poll of the champion pointer in the store.
+An event is only a wake-up call: the pointer is re-read from the store, the source of truth, so a
+late or replayed event can never swap an old version back in. A new version is loaded and verified
+in this background thread; the scoring loop only picks up a
+ready model between two batches, so no event is scored half by one model and half by another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from flywheel.kafka_config import client_config
+from flywheel.models.store import ModelStore
+from flywheel.scoring.model import ModelRefused, ServingModel, load_serving_model
+from flywheel.settings import Settings
+from flywheel.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class ChampionWatcher(threading.Thread):
+    def __init__(self, settings: Settings, spec: ModelSpec, *, compile_model: bool = False,
+                 poll_interval_s: float = 10.0, cache_dir: Path | None = None) -> None:
+        super().__init__(name=f"champion-watcher-{spec.name}", daemon=True)
+        self.settings, self.spec = settings, spec
+        self.models = ModelStore(settings.open_store())
+        self.compile_model, self.poll_interval_s, self.cache_dir = compile_model, poll_interval_s, cache_dir
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: ServingModel | None = None
+        self.current_version: int | None = None
+        #: version -> why it was refused; a refused version is not retried until it is announced again.
+        self.refused: dict[int, str] = {}
+        self.last_event_at: float | None = None
+
+    # -- the scoring loop's side ----------------------------------------------------------------------
+
+    def take_ready(self) -> ServingModel | None:
+        """The verified model waiting to be swapped in, if any (called between batches)."""
+        with self._lock:
+            model, self._pending = self._pending, None
+        if model is not None:
+            self.current_version = model.version
+        return model
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    # -- the background side --------------------------------------------------------------------------
+
+    def _offer(self, version: int, source: str) -> None:
+        if version == self.current_version or version in self.refused:
+            return
+        with self._lock:
+            if self._pending is not None and self._pending.version == version:
+                return
+        log.info("%s: champion v%d announced by %s; loading", self.spec.name, version, source)
+        try:
+            model = load_serving_model(self.models, self.spec, version, compile_model=self.compile_model,
+                                       cache_dir=self.cache_dir)
+        except ModelRefused as exc:
+            self.refused[version] = str(exc)
+            log.error("%s: refused v%d, still serving v%s: %s", self.spec.name, version, self.current_version, exc)
+            from flywheel.alerts import alert
+
+            alert("rejected", self.spec.name, f"scorer refused v{version}: {exc}")
+            return
+        with self._lock:
+            self._pending = model
+
+    def poll_store(self) -> None:
+        try:
+            champion = self.models.champion(self.spec.name)
+        except Exception as exc:  # store away for a while: keep serving, try again later
+            log.warning("%s: cannot read the champion pointer: %s", self.spec.name, exc)
+            return
+        if champion is not None:
+            self._offer(champion.version, "the store")
+
+    def _events_consumer(self) -> Any:
+        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+        consumer = Consumer(client_config(
+            self.settings, "consumer", **{"group.id": f"{self.settings.group_prefix}-watcher-{self.spec.name}",
+                                          "enable.partition.eof": False}))
+        try:
+            metadata = consumer.list_topics(self.settings.model_events_topic, timeout=self.settings.broker_timeout_s)
+            partitions = sorted(metadata.topics[self.settings.model_events_topic].partitions)
+        except Exception:
+            partitions = [0]
+        # Only new events matter: the current champion is read from the store at start.
+        consumer.assign([TopicPartition(self.settings.model_events_topic, p, OFFSET_END) for p in partitions])
+        return consumer
+
+    def run(self) -> None:
+        consumer = None
+        next_poll = 0.0
+        try:
+            while not self._stop_event.is_set():
+                if time.monotonic() >= next_poll:
+                    self.poll_store()
+                    next_poll = time.monotonic() + self.poll_interval_s
+                if consumer is None:
+                    try:
+                        consumer = self._events_consumer()
+                    except Exception as exc:
+                        log.warning("%s: model events unavailable (%s); polling the store", self.spec.name, exc)
+                        self._stop_event.wait(self.poll_interval_s)
+                        continue
+                message = consumer.poll(0.5)
+                if message is None or message.error() or message.key() != self.spec.name.encode():
+                    continue
+                try:
+                    action = json.loads(message.value()).get("action", "promote")
+                except (ValueError, AttributeError):
+                    action = "an unreadable event"
+                self.last_event_at = time.time()
+                log.info("%s: model event (%s) on %s; checking the champion", self.spec.name, action,
+                         self.settings.model_events_topic)
+                self.poll_store()
+        finally:
+            if consumer is not None:
+                consumer.close()

@@ -1,0 +1,97 @@
+"""The scorer on the real broker: waits for a champion, scores every event, swaps, dead-letters bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from flywheel.demo.generator import event_stream
+from flywheel.drain import drain_topic
+from flywheel.scoring.service import Scorer, ScorerOptions
+from flywheel.training import pipeline
+
+pytestmark = pytest.mark.integration
+START = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def champion_env(make_env, **changes):
+    env = make_env(**changes)
+    events = list(event_stream(6000, start=START, rate_per_s=2, seed=5))
+    env.produce_json(env.spec.topics.features, [e.features for e in events])
+    env.produce_json(env.spec.topics.labels, [e.label for e in events])
+    drain_topic(env.settings, env.spec.topics.features)
+    drain_topic(env.settings, env.spec.topics.labels)
+    as_of = START + timedelta(hours=2)
+    trained = pipeline.train_challenger(env.settings, env.spec, as_of=as_of)
+    pipeline.validate_challenger(env.settings, env.spec, trained["version"])
+    assert pipeline.promote_or_reject(env.settings, env.spec, trained["version"])["status"] == "promoted"
+    return env
+
+
+def read_all(bootstrap: str, topic: str) -> list:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "inspect", "enable.partition.eof": True,
+                         "isolation.level": "read_committed"})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    out, ended = [], set()
+    while len(ended) < len(parts):
+        for m in consumer.consume(5000, 2.0):
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(m.partition())
+                continue
+            out.append(m)
+    consumer.close()
+    return out
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+def test_every_event_scored_and_bad_ones_dead_lettered(make_env, exactly_once):
+    env = champion_env(make_env)
+    scorer = Scorer(env.settings, env.spec, ScorerOptions(exactly_once=exactly_once, metrics_interval_s=1,
+                                                          poll_interval_s=1))
+    live = [e.features for e in event_stream(3000, start=START + timedelta(days=1), prefix="live")]
+    total = 6000 + len(live) + 2  # a new group starts at the earliest offset: history is scored too
+    thread = threading.Thread(target=scorer.run, kwargs={"max_events": total, "max_seconds": 120})
+    thread.start()
+    env.produce_json(env.spec.topics.features, live[:1500])
+    env.produce(env.spec.topics.features, [b"{oops", orjson.dumps({"event_id": "x", "amount": "NaN?"})])
+    env.produce_json(env.spec.topics.features, live[1500:])
+    thread.join(150)
+    assert not thread.is_alive()
+    predictions = [orjson.loads(m.value()) for m in read_all(env.settings.kafka_bootstrap, env.spec.topics.predictions)]
+    ids = [p["event_id"] for p in predictions]
+    assert set(ids) == {e["event_id"] for e in live} | {f"e{i}" for i in range(6000)}
+    if exactly_once:
+        assert len(ids) == len(set(ids)) == 6000 + len(live)
+    assert {p["model_version"] for p in predictions} == {"1"}
+    assert all(0 <= p["score"] <= 1 and p["decision"] == (p["score"] >= env.spec.scoring.threshold) for p in predictions)
+    dlq = read_all(env.settings.kafka_bootstrap, f"{env.spec.topics.features}.dlq")
+    reasons = sorted(dict(m.headers())["flywheel.reason"].decode() for m in dlq
+                     if dict(m.headers()).get("flywheel.stage") == b"scorer")
+    assert reasons == ["missing_field", "not_json"] or reasons == ["not_json", "wrong_type"]
+    assert scorer.metrics.scored >= 6000 + len(live) and scorer.metrics.dead_lettered == 2
+
+
+def test_scorer_waits_for_a_champion_then_starts(make_env):
+    env = make_env()
+    scorer = Scorer(env.settings, env.spec, ScorerOptions(poll_interval_s=0.5))
+    thread = threading.Thread(target=scorer.run, kwargs={"max_events": 100, "max_seconds": 120})
+    thread.start()
+    time.sleep(2)
+    assert scorer.model is None and thread.is_alive()
+    events = list(event_stream(6000, start=START, rate_per_s=2, seed=5))
+    env.produce_json(env.spec.topics.features, [e.features for e in events])
+    env.produce_json(env.spec.topics.labels, [e.label for e in events])
+    drain_topic(env.settings, env.spec.topics.features)
+    drain_topic(env.settings, env.spec.topics.labels)
+    trained = pipeline.train_challenger(env.settings, env.spec, as_of=START + timedelta(hours=2))
+    pipeline.validate_challenger(env.settings, env.spec, trained["version"])
+    pipeline.promote_or_reject(env.settings, env.spec, trained["version"])
+    thread.join(120)
+    assert scorer.model is not None and scorer.model.version == 1
+    assert scorer.metrics.scored >= 100
