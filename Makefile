@@ -13,12 +13,13 @@ export KAFKA_PORT
 export FLYWHEEL_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
 .PHONY: help setup demo test test-unit test-integration lint bench kafka-up kafka-down kafka-status \
-        airflow-up airflow-down down clean requirements
+        airflow-up airflow-down down clean requirements score
 
 help:
 	@echo "make demo        set up, start Kafka and Airflow, run the loop, leave the UI running"
 	@echo "make test        set up and run every test (starts and stops its own broker and S3 endpoint)"
 	@echo "make down        stop Airflow and Kafka started by make demo"
+	@echo "make score MODEL=fraud   run one streaming scorer (a consumer-group member)"
 	@echo "make kafka-up / kafka-down, airflow-up / airflow-down, bench, lint, requirements"
 
 # --- setup -------------------------------------------------------------------------------------------
@@ -76,6 +77,10 @@ test-integration: setup
 
 lint: setup
 	$(BIN)/ruff check include dags plugins tests bench
+
+MODEL ?= fraud
+score: setup  ## one scorer process for MODEL (default fraud); add SCORE_ARGS="--exactly-once --compile"
+	$(BIN)/flywheel score --spec $(MODEL) $(SCORE_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.run_all
