@@ -68,6 +68,10 @@ def free_port(pair: bool = False, avoid: Sequence[int] = (9092, 9093)) -> int:
     raise RuntimeError("no free port found")
 
 
+class BrokerBusy(RuntimeError):
+    """The data folder chosen for a new broker is in use by a running one."""
+
+
 @dataclass
 class Broker:
     """A single-node Kafka started through ``scripts/kafka.sh`` on a port and data folder of its own."""
@@ -76,6 +80,7 @@ class Broker:
     data_dir: Path
     heap_opts: str = "-Xms512m -Xmx1g"
     started: bool = False
+    owned: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -90,6 +95,10 @@ class Broker:
         subprocess.run([str(KAFKA_SCRIPT), action], env=self.env, check=True)
 
     def up(self, fresh: bool = True) -> Broker:
+        live = self.live_pid()
+        if live is not None:  # another benchmark's broker: never wipe or stop it
+            raise BrokerBusy(f"{self.data_dir} belongs to a running broker (pid {live})")
+        self.owned = True  # from here on this folder is ours to stop and clean up
         if fresh and self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -98,9 +107,13 @@ class Broker:
         return self
 
     def down(self) -> None:
-        if self.started:
+        if self.started and self.owned:
             self._script("down")
             self.started = False
+
+    def live_pid(self) -> int | None:
+        pid = self.pid()
+        return pid if pid is not None and Path(f"/proc/{pid}").exists() else None
 
     def pid(self) -> int | None:
         try:
@@ -111,31 +124,50 @@ class Broker:
 
 @contextlib.contextmanager
 def kafka_broker(data_root: Path | None = None, port: int | None = None, fresh: bool = True,
-                 heap_opts: str = "-Xms512m -Xmx1g") -> Iterator[Broker]:
+                 heap_opts: str = "-Xms512m -Xmx1g", attempts: int = 3) -> Iterator[Broker]:
     """Start a private broker (never on 9092), yield it, and stop it however the block ends.
 
-    SIGTERM is turned into an exception for the duration, so a killed benchmark still stops its broker.
+    Its data lives in ``<data_root>/<port>-<pid>`` (default .local/bench-kafka/); several benchmarks
+    may run at once, each with its own port and folder, so touch no other folder there. A start that
+    fails (e.g. another process took the port meanwhile) is retried on a new free port. SIGTERM is
+    turned into an exception for the duration, so a killed benchmark still stops its broker.
     """
-    port = port or free_port(pair=True)
     if port in (9092, 9093):
         raise ValueError("port 9092 (and its controller port 9093) belong to the shared broker")
-    broker = Broker(port, (data_root or REPO / ".local" / "bench-kafka") / str(port), heap_opts)
+    root = data_root or REPO / ".local" / "bench-kafka"
 
     def on_term(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() \
         else None
+    broker: Broker | None = None
     try:
-        broker.up(fresh=fresh)
+        for attempt in range(1, attempts + 1):
+            chosen = port or free_port(pair=True)
+            # A folder per port and process: two benchmarks that race for one port never share a folder,
+            # so neither can stop (kafka.sh down reads the folder's pid file) or wipe the other's broker.
+            broker = Broker(chosen, root / f"{chosen}-{os.getpid()}", heap_opts)
+            try:
+                broker.up(fresh=fresh)
+                break
+            except (subprocess.CalledProcessError, BrokerBusy):
+                broker.down()
+                if fresh and broker.owned:
+                    shutil.rmtree(broker.data_dir, ignore_errors=True)
+                if port or attempt == attempts:
+                    raise
+                print(f"bench: broker did not start on port {chosen}; trying another port", file=sys.stderr)
+        assert broker is not None
         yield broker
     finally:
         try:
-            broker.down()
+            if broker is not None:
+                broker.down()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-            if fresh:
+            if fresh and broker is not None and broker.owned:
                 shutil.rmtree(broker.data_dir, ignore_errors=True)
 
 
@@ -350,7 +382,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.rstrip("\n")
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -361,7 +393,7 @@ def environment() -> dict[str, Any]:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": _git("rev-parse", "HEAD").strip(),
         "git_dirty": [line[3:] for line in _git("status", "--porcelain").splitlines()],
     }
     with contextlib.suppress(OSError, ValueError):
@@ -371,7 +403,7 @@ def environment() -> dict[str, Any]:
     for name in ("confluent_kafka", "pyarrow", "orjson", "numpy"):
         with contextlib.suppress(ImportError):
             module = importlib.import_module(name)
-            versions[name] = module.version()[0] if name == "confluent_kafka" else module.__version__
+            versions[name] = getattr(module, "__version__", None) or str(module.version())
     with contextlib.suppress(ImportError):
         import confluent_kafka
 

@@ -19,6 +19,8 @@ os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFL
 os.environ.setdefault("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(_AIRFLOW_TEST_HOME / "logs"))
 os.environ.setdefault("AIRFLOW_HOME", str(REPO))
 os.environ.setdefault("FLYWHEEL_SPECS_DIR", str(REPO / "include" / "specs"))
+# dag.test() honours retries; a failing task in a test should fail at once, not after minutes of backoff.
+os.environ.setdefault("FLYWHEEL_TASK_RETRIES", "0")
 
 pytest_plugins = [
     "tests.fixtures.kafka_broker",
@@ -26,4 +28,5 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.airflow_env",
     "tests.fixtures.airflow_standalone",
+    "tests.fixtures.alert_sinks",
 ]

@@ -62,7 +62,8 @@ def main() -> int:
     files = sorted(Path(args.out_dir).rglob("*.parquet"))
     result = {
         "quixstreams": quixstreams.__version__,
-        "confluent_kafka": __import__("confluent_kafka").version()[0],
+        "confluent_kafka": _confluent_version(),
+        "librdkafka": __import__("confluent_kafka").libversion()[0],
         "seconds": seconds,
         "files": len(files),
         "rss_before_bytes": rss_before,
@@ -74,6 +75,13 @@ def main() -> int:
         Path(path).write_text(json.dumps(result))
     print(json.dumps(result))
     return 0
+
+
+def _confluent_version() -> str:
+    import confluent_kafka
+
+    version = confluent_kafka.version()  # a (str, int) tuple in some releases, a str in others
+    return version[0] if isinstance(version, tuple) else str(version)
 
 
 def _status_bytes(field: str) -> int:

@@ -11,6 +11,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
+from flywheel.alerts import task_failure_callback
 from flywheel.settings import Settings
 from flywheel.specs import ModelSpec, load_specs
 
@@ -19,10 +20,12 @@ log = logging.getLogger(__name__)
 #: Every flywheel DAG starts here; with catchup off this only anchors the schedule.
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "flywheel",
-    "retries": 2,
+    # FLYWHEEL_TASK_RETRIES lets a test suite fail fast; deployments keep the default.
+    "retries": int(os.environ.get("FLYWHEEL_TASK_RETRIES", "2")),
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=5),
+    "on_failure_callback": task_failure_callback,
 }
 TAGS = ["flywheel"]
 
@@ -105,3 +108,25 @@ def retrain_request_asset(model: str) -> Any:
     from airflow.sdk import Asset
 
     return Asset(name=f"flywheel.retrain.{model}", uri=f"flywheel://retrain/{model}", group="flywheel")
+
+
+def alarm_asset(settings: Settings | None = None) -> Any:
+    """Updated by the triggerer for each alarm on the control topic (``flywheel.alerts``).
+
+    One watcher for all models: the Kafka message-queue trigger's consumer group comes from its
+    connection, so per-model watchers on one topic would steal each other's messages. Each drift
+    monitor picks the alarms about its own model from the triggering events.
+    """
+    from airflow.providers.apache.kafka.triggers.msg_queue import KafkaMessageQueueTrigger
+    from airflow.sdk import Asset, AssetWatcher
+
+    settings = settings or Settings.from_env()
+    trigger = KafkaMessageQueueTrigger(
+        topics=[settings.alerts_topic],
+        kafka_config_id=os.environ.get("FLYWHEEL_KAFKA_CONN_ID", "kafka_default"),
+        apply_function="flywheel.monitoring.control.alarm_payload",
+        poll_timeout=1,
+        poll_interval=1,
+    )
+    return Asset(name="flywheel.alarms", uri=f"flywheel://alarms/{settings.alerts_topic}", group="flywheel",
+                 watchers=[AssetWatcher(name="flywheel_alarm_watcher", trigger=trigger)])

@@ -3,7 +3,9 @@
 Fraud is rare (about 2%) and shows in a handful of features the way it does in practice: unusual
 amount for the card, new device, foreign and online, risky IP, bursts of transactions. ``drift``
 changes the fraud pattern (fraudsters move to small amounts on old cards from low-risk IPs), so a
-model trained before the drift loses accuracy after it, and a retrained one recovers.
+model trained before the drift loses accuracy after it, and a retrained one recovers. It also
+shifts how legitimate customers pay (bigger baskets, more online, farther from home, riskier IPs),
+the covariate drift that data-drift monitoring sees before any label arrives.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def make_event(rng: random.Random, seq: int, when: datetime, *, drift: bool = Fa
         card_age = int(rng.expovariate(1 / (900 - 800 * s)))
         velocity = rng.betavariate(2 + 3 * s, 5)
         txn_1h = int(rng.expovariate(1 / (1 + 3 * s)))
+    if drift:  # the customer base changed too: every event, not only fraud
+        amount *= 1.9
+        amount_vs_avg *= 1.4
+        ip_risk = min(1.0, ip_risk + 0.15)
     hour = when.hour
     features = {
         "event_id": f"{prefix}{seq}",
@@ -56,14 +62,14 @@ def make_event(rng: random.Random, seq: int, when: datetime, *, drift: bool = Fa
         "amount_vs_avg": round(amount_vs_avg, 4),
         "hour_of_day": hour,
         "merchant_risk": round(rng.betavariate(1 + s, 30), 5),
-        "merchant_category": rng.randrange(20),
-        "distance_from_home_km": round(rng.expovariate(1 / (15 + 200 * s * (not drift))), 2),
+        "merchant_category": rng.randrange(8, 28) if drift else rng.randrange(20),
+        "distance_from_home_km": round(rng.expovariate(1 / (15 + 40 * drift + 200 * s * (not drift))), 2),
         "card_age_days": card_age,
         "txn_count_1h": txn_1h,
-        "txn_count_24h": txn_1h + int(rng.expovariate(1 / 4)),
+        "txn_count_24h": txn_1h + int(rng.expovariate(1 / (4 + 4 * drift))),
         "amount_sum_24h": round(amount * (1 + rng.expovariate(1)), 2),
         "distinct_merchants_24h": 1 + int(rng.expovariate(1 / (2 + 2 * s))),
-        "is_online": rng.random() < (0.4 + 0.4 * s),
+        "is_online": rng.random() < (0.4 + 0.3 * drift + 0.4 * s),
         "is_foreign": is_foreign,
         "cvv_failed_24h": int(rng.expovariate(1 / (0.05 + 1.5 * s * (not drift)))),
         "device_new": device_new,

@@ -90,8 +90,11 @@ class _Decoder:
     # -- parsing ------------------------------------------------------------------------------------
 
     def candidates(self) -> list[int]:
+        """Records worth a bulk parse: each one a non-blank value starting with ``{``, so each parses to
+        at least one row and the row count can vouch for one row per record. The rest are examined here."""
         values = self.batch.values
-        if None not in values and (not values or max(map(len, values)) <= self.max_event_bytes):  # type: ignore[arg-type]
+        if (None not in values and (not values or max(map(len, values)) <= self.max_event_bytes)  # type: ignore[arg-type]
+                and all(v[:1] == b"{" for v in values)):  # type: ignore[index]
             return list(range(len(values)))
         keep = []
         for i, v in enumerate(values):
@@ -99,8 +102,10 @@ class _Decoder:
                 self.reject(i, "tombstone", "record has no value (a delete marker)")
             elif len(v) > self.max_event_bytes:
                 self.reject(i, "oversized", f"{len(v)} bytes is over the limit of {self.max_event_bytes}")
-            else:
+            elif v[:1] == b"{" or v.lstrip()[:1] == b"{":
                 keep.append(i)
+            else:
+                self.parse_one(i)  # never an object: rejected with its reason
         return keep
 
     def parse(self, idx: list[int]) -> list[tuple[list[int], pa.Table]]:
@@ -110,11 +115,12 @@ class _Decoder:
         values = self.batch.values
         joined = b"\n".join(values if len(idx) == len(values) else [values[i] for i in idx])  # type: ignore[misc]
         try:
+            joined.decode("utf-8")  # Arrow's reader does not validate strings
             table = pj.read_json(pa.py_buffer(joined), read_options=_READ_OPTIONS, parse_options=self.parse_options)
             # A blank value or a pretty-printed (multi-line) one changes the line count: not a clean parse.
             if table.num_rows == len(idx):
                 return [(idx, table)]
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        except (UnicodeDecodeError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             pass
         if len(idx) == 1:
             return self.parse_one(idx[0])
@@ -153,17 +159,22 @@ class _Decoder:
 
     # -- shaping ------------------------------------------------------------------------------------
 
-    def normalise(self, table: pa.Table) -> pa.Table:
-        """Declared columns in order; undeclared ones folded into one JSON column ``_extra``."""
+    def normalise(self, idx: list[int], table: pa.Table) -> pa.Table:
+        """Declared columns in order; undeclared ones folded into one JSON column ``_extra``.
+
+        The extras are re-read from the record's own bytes rather than from Arrow's inferred columns,
+        whose type is shared by the whole batch (an int would become a float next to a float).
+        """
         extras = [n for n in table.column_names if n not in self.declared]
         columns = [table.column(n) for n in self.schema.parse_schema.names]
         if extras:
-            rows = table.select(extras).to_pylist()
-            extra = [
-                orjson.dumps({k: v for k, v in row.items() if v is not None}, default=str).decode()
-                if any(v is not None for v in row.values()) else None
-                for row in rows
-            ]
+            present = pc.is_valid(table.column(extras[0]))
+            for name in extras[1:]:
+                present = pc.or_(present, pc.is_valid(table.column(name)))
+            extra: list[str | None] = [None] * table.num_rows
+            for row in np.flatnonzero(present.to_numpy(zero_copy_only=False)):
+                obj = orjson.loads(self.batch.values[idx[row]])  # type: ignore[arg-type]
+                extra[row] = orjson.dumps({k: v for k, v in obj.items() if k not in self.declared and v is not None}).decode()
             columns.append(pa.chunked_array([pa.array(extra, pa.string())]))
         else:
             columns.append(pa.chunked_array([pa.nulls(table.num_rows, pa.string())]))
@@ -209,7 +220,7 @@ class _Decoder:
         if not pieces:
             return DecodedBatch(out_schema.empty_table(), self.sorted_rejects())
         idx = np.fromiter((i for piece_idx, _ in pieces for i in piece_idx), dtype=np.int64)
-        table = pa.concat_tables([self.normalise(t) for _, t in pieces])
+        table = pa.concat_tables([self.normalise(piece_idx, t) for piece_idx, t in pieces])
         keep = self.check_required(idx, table)
         times = None
         if self.schema.time_field:

@@ -85,10 +85,15 @@ class PartitionLedger:
             ]
             if not manifests:
                 return None
-            offset = Manifest.from_bytes(self.store.get(manifests[-1])).next_offset
-        # Roll forward over chunks committed after the checkpoint was last written.
+            offset = Manifest.from_bytes(self.store.get(manifests[-1])).start
+        # Roll forward over chunks committed after the checkpoint was last written, removing their claims
+        # (a drain that died between manifest and checkpoint left its intent behind).
+        rolled_from = offset if checkpoint is not None else None
         while (manifest := self.manifest(offset)) is not None:
+            self.store.delete(layout.intent_key(self.topic, self.partition, offset))
             offset = manifest.next_offset
+        if offset != rolled_from:
+            self.advance_checkpoint(offset)
         return offset
 
     def manifest(self, start: int) -> Manifest | None:
@@ -101,9 +106,14 @@ class PartitionLedger:
         body = {"start": start, "end": end, "owner": self.owner, "claimed_at": time.time()}
         try:
             self.store.put(key, json.dumps(body).encode(), if_none_match=True)
-            return Claim("ok", end)
         except PreconditionFailed:
             pass
+        else:
+            # The intent may be gone because another drain committed this chunk and cleaned up after itself.
+            if self.manifest(start) is not None:
+                self.store.delete(key)
+                return Claim("committed")
+            return Claim("ok", end)
         if self.manifest(start) is not None:
             return Claim("committed")
         try:

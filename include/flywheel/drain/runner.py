@@ -229,6 +229,13 @@ class TopicDrain:
             if states:
                 consumer.assign([TopicPartition(self.topic, p, max(st.start, st.low)) for p, st in states.items()])
             self._consume_loop(consumer, producer, states, result, deadline, KafkaError, TopicPartition)
+            # All partitions, idle ones too, so lag dashboards recover after the group was deleted or expired.
+            final = [TopicPartition(self.topic, p, o) for p, o in result.partitions.items() if o > 0]
+            if final:
+                try:
+                    consumer.commit(offsets=final, asynchronous=False)
+                except Exception as exc:  # lag metrics only
+                    log.warning("%s: could not commit group offsets: %s", self.topic, exc)
         finally:
             consumer.close()
         result.seconds = time.monotonic() - started

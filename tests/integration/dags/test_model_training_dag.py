@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from flywheel.demo.generator import event_stream
 from flywheel.drain import drain_topic
 from flywheel.models.store import ModelStore
+
 from tests.fixtures.airflow_env import run_dag, task_results
 
 pytestmark = pytest.mark.integration

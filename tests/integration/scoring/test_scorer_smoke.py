@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from flywheel.demo.generator import event_stream
 from flywheel.drain import drain_topic
 from flywheel.scoring.service import Scorer, ScorerOptions
@@ -18,40 +17,10 @@ pytestmark = pytest.mark.integration
 START = datetime(2026, 11, 20, tzinfo=UTC)
 
 
-def champion_env(make_env, **changes):
-    env = make_env(**changes)
-    events = list(event_stream(6000, start=START, rate_per_s=2, seed=5))
-    env.produce_json(env.spec.topics.features, [e.features for e in events])
-    env.produce_json(env.spec.topics.labels, [e.label for e in events])
-    drain_topic(env.settings, env.spec.topics.features)
-    drain_topic(env.settings, env.spec.topics.labels)
-    as_of = START + timedelta(hours=2)
-    trained = pipeline.train_challenger(env.settings, env.spec, as_of=as_of)
-    pipeline.validate_challenger(env.settings, env.spec, trained["version"])
-    assert pipeline.promote_or_reject(env.settings, env.spec, trained["version"])["status"] == "promoted"
-    return env
-
-
-def read_all(bootstrap: str, topic: str) -> list:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "inspect", "enable.partition.eof": True,
-                         "isolation.level": "read_committed"})
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    out, ended = [], set()
-    while len(ended) < len(parts):
-        for m in consumer.consume(5000, 2.0):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    ended.add(m.partition())
-                continue
-            out.append(m)
-    consumer.close()
-    return out
-
-
 @pytest.mark.parametrize("exactly_once", [False, True])
-def test_every_event_scored_and_bad_ones_dead_lettered(make_env, exactly_once):
-    env = champion_env(make_env)
+def test_every_event_scored_and_bad_ones_dead_lettered(champion_env, read_all, exactly_once):
+    """``champion_env`` and ``read_all`` come from this folder's conftest."""
+    env = champion_env()
     scorer = Scorer(env.settings, env.spec, ScorerOptions(exactly_once=exactly_once, metrics_interval_s=1,
                                                           poll_interval_s=1))
     live = [e.features for e in event_stream(3000, start=START + timedelta(days=1), prefix="live")]
