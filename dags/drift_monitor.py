@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
-
 from flywheel.airflow_support import DEFAULT_ARGS, TAGS, alarm_asset, dag_specs, retrain_request_asset
 
 ALARMS = alarm_asset()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-
 from flywheel.airflow_support import DEFAULT_ARGS, TAGS, dag_specs
 
 MODELS = [spec.name for spec in dag_specs()]

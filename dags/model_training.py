@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
-
 from flywheel.airflow_support import DEFAULT_ARGS, TAGS, dag_specs, model_asset, retrain_request_asset
 
 DURATION = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*$"

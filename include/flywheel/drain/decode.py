@@ -21,6 +21,16 @@ import pyarrow.json as pj
 from flywheel.drain.schema import EVENT_TIME_TYPE, TopicSchema
 
 _READ_OPTIONS = pj.ReadOptions(block_size=1 << 24, use_threads=True)
+_NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
+
+
+def from_numpy(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """A numpy vector as an Arrow array, zero-copy (``pa.array`` would inspect it element-wise)."""
+    if arrow_type == pa.bool_():
+        bits = np.packbits(np.asarray(values, dtype=bool), bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
+    data = np.ascontiguousarray(values, dtype=_NUMPY_TYPES[arrow_type])
+    return pa.Array.from_buffers(arrow_type, len(data), [None, pa.py_buffer(data)])
 
 
 @dataclass
@@ -227,9 +237,10 @@ class _Decoder:
             times, ok = self.event_times(idx, table.column(self.schema.time_field))
             keep &= ok
         if not keep.all():
-            idx, table = idx[keep], table.filter(pa.array(keep))
+            mask = from_numpy(keep, pa.bool_())
+            idx, table = idx[keep], table.filter(mask)
             if times is not None:
-                times = times.filter(pa.array(keep))
+                times = times.filter(mask)
         b = self.batch
         all_rows = len(idx) == len(b)
         offsets = b.offsets if all_rows else np.asarray(b.offsets, dtype=np.int64)[idx]
@@ -242,10 +253,10 @@ class _Decoder:
         if self.schema.time_field and times is not None:
             columns[self.schema.time_field] = times
         columns |= {
-            "_topic": pc.take(pa.array([b.topic], pa.string()), pa.array(np.zeros(n, dtype=np.int32))),
-            "_partition": pa.array(np.full(n, b.partition, dtype=np.int32)),
-            "_offset": pa.array(offsets, pa.int64()),
-            "_timestamp": pa.array(stamps, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "_topic": pc.take(pa.array([b.topic], pa.string()), from_numpy(np.zeros(n), pa.int32())),
+            "_partition": from_numpy(np.full(n, b.partition), pa.int32()),
+            "_offset": from_numpy(np.asarray(offsets), pa.int64()),
+            "_timestamp": from_numpy(np.asarray(stamps), pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
             "_key": pa.array(keys, pa.binary()),
             "_extra": table.column("_extra"),
         }

@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel.drain import layout
-from flywheel.drain.decode import DecodedBatch, RawBatch, Rejected, decode_batch
+from flywheel.drain.decode import DecodedBatch, RawBatch, Rejected, decode_batch, from_numpy
 from flywheel.drain.ledger import Claim, Manifest, PartitionLedger
 from flywheel.drain.schema import TopicSchema
 from flywheel.errors import BrokerUnavailable, ConfigError, FlywheelError
@@ -153,7 +154,7 @@ class TopicDrain:
         files = []
         distinct = np.unique(hours)
         for hour in distinct:
-            part = table if len(distinct) == 1 else table.filter(pa.array(hours == hour))
+            part = table if len(distinct) == 1 else table.filter(from_numpy(hours == hour, pa.bool_()))
             key = layout.data_key(self.topic, layout.hour_bucket(int(hour)), partition, start, end)
             self.store.put(key, _parquet_bytes(part))
             offsets = part.column("_offset")
@@ -213,6 +214,9 @@ class TopicDrain:
         result = DrainResult(self.topic)
         consumer = self._consumer()
         producer = Producer(client_config(self.settings, "producer")) if self.limits.dead_letter_topic else None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drain-{self.topic}")
+        self._in_flight: deque[Future[tuple[int, int]]] = deque()
+        self._kafka_consumer, self._topic_partition = consumer, TopicPartition
         try:
             all_partitions = self._partitions(consumer)
             chosen = partitions if partitions is not None else all_partitions
@@ -229,6 +233,7 @@ class TopicDrain:
             if states:
                 consumer.assign([TopicPartition(self.topic, p, max(st.start, st.low)) for p, st in states.items()])
             self._consume_loop(consumer, producer, states, result, deadline, KafkaError, TopicPartition)
+            self._settle()
             # All partitions, idle ones too, so lag dashboards recover after the group was deleted or expired.
             final = [TopicPartition(self.topic, p, o) for p, o in result.partitions.items() if o > 0]
             if final:
@@ -237,6 +242,7 @@ class TopicDrain:
                 except Exception as exc:  # lag metrics only
                     log.warning("%s: could not commit group offsets: %s", self.topic, exc)
         finally:
+            self._worker.shutdown(wait=True, cancel_futures=True)
             consumer.close()
         result.seconds = time.monotonic() - started
         log.info("drained %s: %s", self.topic, result.as_dict())
@@ -326,6 +332,27 @@ class TopicDrain:
                 if st.busy or (at_end and not st.offsets and st.pinned_end is None):
                     del active[st.partition]
                     consumer.pause([topic_partition(self.topic, st.partition)])
+            self._bound_memory(consumer, producer, active, result, topic_partition)
+
+    def _bound_memory(self, consumer: Any, producer: Any, active: dict[int, _PartitionState], result: DrainResult,
+                      topic_partition: Any) -> None:
+        """Keep all partitions' buffers together under flush_rows / flush_bytes by cutting the largest.
+
+        The limits bound one chunk; without this, every partition could hold nearly a chunk at once.
+        """
+        while True:
+            rows = sum(len(st.offsets) for st in active.values())
+            size = sum(st.size for st in active.values())
+            if rows < self.limits.flush_rows and size < self.limits.flush_bytes:
+                return
+            candidates = [st for st in active.values() if st.offsets and st.pinned_end is None and not st.busy]
+            if not candidates:
+                return
+            largest = max(candidates, key=lambda st: (st.size, len(st.offsets)))
+            self._cut_chunk(consumer, producer, largest, result, topic_partition)
+            if largest.busy:
+                del active[largest.partition]
+                consumer.pause([topic_partition(self.topic, largest.partition)])
 
     def _natural_cut(self, st: _PartitionState) -> int:
         """How many buffered records the next chunk takes: up to flush_rows, and up to flush_bytes."""
@@ -356,6 +383,7 @@ class TopicDrain:
                 st.busy = True
                 return
             if claim.status == "committed":
+                self._settle()
                 resumed = st.ledger.resume_offset()
                 st.start = st.start if resumed is None else resumed
                 st.clear()
@@ -368,32 +396,54 @@ class TopicDrain:
         cut = int(np.searchsorted(np.asarray(st.offsets, dtype=np.int64), last, side="right"))
         batch = RawBatch(self.topic, st.partition, st.values[:cut], st.offsets[:cut], st.timestamps[:cut],
                          st.keys[:cut])
-        size = sum(len(v) for v in batch.values if v is not None)
+        size = sum(map(len, batch.values)) if None not in batch.values else \
+            sum(len(v) for v in batch.values if v is not None)
         del st.values[:cut], st.offsets[:cut], st.timestamps[:cut], st.keys[:cut]
         st.size -= size
         st.pinned_end = None
+        start, expired = st.start, st.expired
+        st.expired = None
+        st.start = last + 1
+        result.partitions[st.partition] = st.start
+        # Decoding and writing run on a worker thread while this one keeps consuming; chunks still
+        # commit one at a time, in order, and at most two are in flight.
+        self._submit(lambda: self._write_chunk(producer, batch, st.ledger, start, last, expired, size, result))
 
+    def _submit(self, work: Any) -> None:
+        self._in_flight.append(self._worker.submit(work))
+        while len(self._in_flight) > 1:
+            self._finish_oldest()
+
+    def _settle(self) -> None:
+        """Wait for every chunk in flight; an error in any of them fails the run."""
+        while self._in_flight:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        partition, next_offset = self._in_flight.popleft().result()  # re-raises the worker's error here
+        self._commit_group_offset(self._kafka_consumer, partition, next_offset, self._topic_partition)
+
+    def _write_chunk(self, producer: Any, batch: RawBatch, ledger: PartitionLedger, start: int, last: int,
+                     expired: list[int] | None, size: int, result: DrainResult) -> tuple[int, int]:
+        partition = batch.partition
         decoded = decode_batch(self.schema, batch, max_event_bytes=self.limits.max_event_bytes)
-        files = self._write_rows(decoded, st.partition, st.start, last)
-        rejected_files = self._write_rejected(decoded.rejected, st.partition, st.start, last)
-        self._dead_letter(producer, decoded.rejected, st.partition)
+        files = self._write_rows(decoded, partition, start, last)
+        rejected_files = self._write_rejected(decoded.rejected, partition, start, last)
+        self._dead_letter(producer, decoded.rejected, partition)
         reasons = decoded.reason_counts()
         manifest = Manifest(
-            topic=self.topic, partition=st.partition, start=st.start, end=last, next_offset=last + 1,
+            topic=self.topic, partition=partition, start=start, end=last, next_offset=last + 1,
             rows=decoded.table.num_rows, rejected=len(decoded.rejected), reasons=dict(reasons), files=files,
-            rejected_files=rejected_files, owner=self.owner, expired=st.expired,
+            rejected_files=rejected_files, owner=self.owner, expired=expired,
         )
-        if st.ledger.commit(manifest):
+        if ledger.commit(manifest):
             result.rows += manifest.rows
             result.rejected += manifest.rejected
             result.reasons.update(reasons)
             result.files += len(files) + len(rejected_files)
             result.bytes_in += size
             result.chunks += 1
-        st.expired = None
-        st.start = last + 1
-        result.partitions[st.partition] = st.start
-        self._commit_group_offset(consumer, st.partition, st.start, topic_partition)
+        return partition, last + 1
 
     def _commit_group_offset(self, consumer: Any, partition: int, offset: int, topic_partition: Any) -> None:
         """For lag dashboards only; the ledger is what the next run resumes from."""

@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             champion = models.champion(name)
             versions = models.versions(name)
             auc = models.get_version(name, champion.version).metrics.get("auc") if champion else None
-            print(f"{name:<20} champion {('v%d' % champion.version) if champion else '-':<6} "
+            print(f"{name:<20} champion {(f'v{champion.version}') if champion else '-':<6} "
                   f"AUC {auc if auc is None else round(auc, 4)!s:<8} versions {len(versions)}")
         return 0
     if args.action == "show":

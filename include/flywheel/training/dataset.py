@@ -67,15 +67,21 @@ class TrainingData:
 
 
 def _latest_per_key(table: pa.Table, key: str, order: str) -> pa.Table:
-    """One row per key: the one with the largest ``order`` value (e.g. the latest label)."""
-    indices = pa.array(np.arange(table.num_rows))
-    table = table.append_column("_row", indices)
-    best = table.group_by(key).aggregate([(order, "max")])
-    joined = table.join(best, keys=[key, order], right_keys=[key, f"{order}_max"], join_type="inner")
-    # ties (same key and order value) keep the first row
-    first = joined.group_by(key).aggregate([("_row", "min")])
-    keep = pc.is_in(table.column("_row"), value_set=first.column("_row_min"))
-    return table.filter(keep).drop_columns(["_row"])
+    """One row per key: the one with the largest ``order`` value (e.g. the latest label).
+
+    Keys are usually unique already, which one count tells; otherwise only the narrow key/order
+    columns are grouped, and the wide table is filtered once.
+    """
+    if pc.count_distinct(table.column(key)).as_py() == table.num_rows:
+        return table
+    narrow = pa.table({"k": table.column(key), "o": table.column(order),
+                       "r": pa.array(np.arange(table.num_rows, dtype=np.int64))})
+    best = narrow.group_by("k").aggregate([("o", "max")])
+    winners = narrow.join(best, keys=["k", "o"], right_keys=["k", "o_max"], join_type="inner")
+    first = winners.group_by("k").aggregate([("r", "min")]).column("r_min")
+    mask = np.zeros(table.num_rows, dtype=bool)
+    mask[first.to_numpy()] = True
+    return table.filter(pa.array(mask))
 
 
 def load_training_data(store: ObjectStore, spec: ModelSpec, window: Window, *, reference_rows: int = 20_000,

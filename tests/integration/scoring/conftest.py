@@ -306,7 +306,7 @@ def committed_offsets(settings: Settings, group_id: str, topic: str) -> dict[int
 
 
 class FirstArrival:
-    """Sees the first record of a topic arrive, committed or not, within a millisecond or two: a
+    """Sees a record of a topic arrive, committed or not, within a millisecond or two: a
     read_uncommitted consumer long-polls the broker, which answers as soon as a record is appended."""
 
     def __init__(self, settings: Settings, topic: str) -> None:
@@ -316,13 +316,15 @@ class FirstArrival:
         partitions = sorted(self.consumer.list_topics(topic, timeout=10).topics[topic].partitions)
         self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
 
-    def wait(self, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    def wait(self, timeout: float, match: Callable[[bytes], bool] = lambda value: True,
+             alive: Callable[[], bool] = lambda: True) -> None:
+        """Until a record whose value matches arrives (or ``alive()`` turns false: fail)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and alive():
-            message = self.consumer.poll(0.05)
-            if message is not None and not message.error():
-                return
-        pytest.fail(f"no record arrived within {timeout:g}s")
+            for message in self.consumer.consume(1000, 0.05):
+                if not message.error() and match(message.value()):
+                    return
+        pytest.fail(f"no matching record arrived within {timeout:g}s")
 
     def close(self) -> None:
         self.consumer.close()
