@@ -24,6 +24,12 @@ export AIRFLOW__API__PORT="$port"
 export AIRFLOW__API__BASE_URL="http://127.0.0.1:$port"
 export FLYWHEEL_AIRFLOW_URL="http://127.0.0.1:$port"
 
+# The Kafka connection the control-topic trigger (and flywheel's tasks) use, unless one is configured.
+if [ -z "${AIRFLOW_CONN_KAFKA_DEFAULT:-}" ]; then
+  AIRFLOW_CONN_KAFKA_DEFAULT="$(printf '{"conn_type": "kafka", "extra": {"bootstrap.servers": "%s", "group.id": "flywheel-alarm-watcher", "auto.offset.reset": "latest"}}' "${FLYWHEEL_KAFKA_BOOTSTRAP:-127.0.0.1:9092}")"
+  export AIRFLOW_CONN_KAFKA_DEFAULT
+fi
+
 say() { printf 'airflow: %s\n' "$*" >&2; }
 
 secrets() {
@@ -83,6 +89,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) if pid="$(running_pid)"; then say "running (pid $pid) on $FLYWHEEL_AIRFLOW_URL"; else say "not running"; exit 3; fi ;;
-  dags) secrets; flywheel airflow dags --expect feature_drain ;;
+  dags) secrets; flywheel airflow dags --expect feature_drain model_rollback ;;
   *) echo "usage: $0 up|down|status|dags" >&2; exit 2 ;;
 esac
