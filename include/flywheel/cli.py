@@ -77,7 +77,8 @@ def _load_command_modules() -> None:
     """Commands living next to their logic register themselves on import."""
     import importlib
 
-    for module in ("flywheel.drain.cli", "flywheel.models.cli", "flywheel.scoring.cli", "flywheel.airflow_client"):
+    for module in ("flywheel.drain.cli", "flywheel.models.cli", "flywheel.scoring.cli", "flywheel.demo.cli",
+                   "flywheel.airflow_client"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -55,7 +55,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                   f"rows {v.metadata['row_counts'].get('labelled_events', '?'):<8} trained {_fmt_time(v.metadata.get('trained_at'))}"
                   + (f"  failed: {', '.join(failed)}" if failed else ""))
         for h in models.history(args.model):
-            print(f"  {_fmt_time(h['promoted_at'])} {h['action']:<8} v{h['version']} (was v{h['previous']}) {h['reason']}")
+            was = f"was v{h['previous']}" if h["previous"] else "first champion"
+            print(f"  {_fmt_time(h['promoted_at'])} {h['action']:<8} v{h['version']} ({was}) {h['reason']}")
         return 0
     if args.action == "rollback":
         print(json.dumps(pipeline.rollback(settings, args.model, args.version, reason=args.reason)))
