@@ -46,11 +46,15 @@ class ScorerMetrics:
         elapsed = max(time.monotonic() - self._window_started, 1e-9)
         e2e = np.asarray(self._e2e_ms) if self._e2e_ms else np.asarray([np.nan])
         batch = np.asarray(self._batch_ms) if self._batch_ms else np.asarray([np.nan])
+
+        def pct(values: np.ndarray, q: float) -> float | None:  # None, not NaN: JSON has no NaN
+            value = float(np.nanpercentile(values, q)) if np.isfinite(values).any() else float("nan")
+            return round(value, 2) if np.isfinite(value) else None
         snap = {
             "kind": "scorer", "model": self.model, "member": self.member, "model_version": self.model_version,
             "at": time.time(), "events_per_s": round(self._window_scored / elapsed, 1),
-            "e2e_ms_p50": round(float(np.nanpercentile(e2e, 50)), 2), "e2e_ms_p99": round(float(np.nanpercentile(e2e, 99)), 2),
-            "batch_ms_p50": round(float(np.nanpercentile(batch, 50)), 2), "batch_ms_p99": round(float(np.nanpercentile(batch, 99)), 2),
+            "e2e_ms_p50": pct(e2e, 50), "e2e_ms_p99": pct(e2e, 99),
+            "batch_ms_p50": pct(batch, 50), "batch_ms_p99": pct(batch, 99),
             "consumed": self.consumed, "scored": self.scored, "dead_lettered": self.dead_lettered,
             "swaps": self.swaps, "refused": self.refused, "batches": self.batches,
         }
@@ -61,7 +65,7 @@ class ScorerMetrics:
 
     def publish(self, producer: Any, topic: str) -> dict[str, Any]:
         snap = self.snapshot()
-        log.info("scorer %s v%s: %.0f ev/s, e2e p50 %.1f ms p99 %.1f ms, scored %d, dlq %d, swaps %d",
+        log.info("scorer %s v%s: %.0f ev/s, e2e p50 %s ms p99 %s ms, scored %d, dlq %d, swaps %d",
                  self.model, self.model_version, snap["events_per_s"], snap["e2e_ms_p50"], snap["e2e_ms_p99"],
                  self.scored, self.dead_lettered, self.swaps)
         try:

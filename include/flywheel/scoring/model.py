@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.errors import FlywheelError
-from flywheel.models.store import ModelStore
+from flywheel.models.store import ModelStore, ModelStoreError
 from flywheel.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,10 @@ def load_serving_model(models: ModelStore, spec: ModelSpec, version: int, *, com
     try:
         text = models.load_file(spec.name, version)  # checksum verified
         meta = models.get_version(spec.name, version).metadata
-    except FlywheelError as exc:
+    except ModelStoreError as exc:  # incomplete, missing or tampered: a verdict on this version
         raise ModelRefused(f"{spec.name} v{version}: {exc}") from None
+    # Any other StoreError (the store unreachable, timing out) says nothing about the model: it propagates,
+    # and the watcher tries again on the next poll or event.
     schema = meta["feature_schema"]
     names = [e["name"] for e in schema]
     if names != spec.feature_names:

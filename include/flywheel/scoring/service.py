@@ -169,6 +169,8 @@ class Scorer:
             self._score_and_deliver(consumer, producer, by_partition, started)
             self._failures = 0
         except Exception as exc:
+            if _fatal(exc):  # e.g. fenced by a newer member with the same transactional.id: a zombie
+                raise BrokerUnavailable(f"scorer producer failed for good, stopping: {exc}") from exc
             # Give the batch back to Kafka: rewind and let the loop consume it again, so no event is
             # skipped (at-least-once may then repeat a prediction; exactly-once aborted the transaction).
             self._failures += 1
@@ -273,6 +275,15 @@ class Scorer:
                     break
                 except BufferError:
                     producer.poll(0.05)
+
+
+def _fatal(exc: BaseException) -> bool:
+    from confluent_kafka import KafkaError, KafkaException
+
+    if not isinstance(exc, KafkaException) or not exc.args or not isinstance(exc.args[0], KafkaError):
+        return False
+    err = exc.args[0]
+    return err.fatal() or err.code() in (KafkaError._FATAL, KafkaError._FENCED)
 
 
 def run_scorer(settings: Settings, spec: ModelSpec, options: ScorerOptions, *, handle_signals: bool = True,

@@ -71,7 +71,13 @@ class ChampionWatcher(threading.Thread):
             log.error("%s: refused v%d, still serving v%s: %s", self.spec.name, version, self.current_version, exc)
             from flywheel.alerts import alert
 
-            alert("rejected", self.spec.name, f"scorer refused v{version}: {exc}")
+            # Delivery takes seconds (Airflow connections, SMTP, Slack): never on the thread that swaps.
+            threading.Thread(target=alert, args=("rejected", self.spec.name, f"scorer refused v{version}: {exc}"),
+                             name="scorer-alert", daemon=True).start()
+            return
+        except Exception as exc:  # the store or the compiler failed, not the model: try again later
+            log.warning("%s: could not load v%d (%s); trying again on the next poll or event", self.spec.name,
+                        version, exc)
             return
         with self._lock:
             self._pending = model
@@ -96,6 +102,9 @@ class ChampionWatcher(threading.Thread):
             partitions = sorted(metadata.topics[self.settings.model_events_topic].partitions)
         except Exception:
             partitions = [0]
+        if not partitions:  # the topic does not exist yet: the first promotion creates it
+            consumer.close()
+            raise LookupError(f"{self.settings.model_events_topic} does not exist yet")
         # Only new events matter: the current champion is read from the store at start.
         consumer.assign([TopicPartition(self.settings.model_events_topic, p, OFFSET_END) for p in partitions])
         return consumer
@@ -113,13 +122,16 @@ class ChampionWatcher(threading.Thread):
                         consumer = self._events_consumer()
                     except Exception as exc:
                         log.warning("%s: model events unavailable (%s); polling the store", self.spec.name, exc)
-                        self._stop_event.wait(self.poll_interval_s)
+                        self._stop_event.wait(min(self.poll_interval_s, 1.0))
                         continue
+                    self.poll_store()  # whatever was announced before the consumer was there
                 message = consumer.poll(0.5)
                 if message is None or message.error() or message.key() != self.spec.name.encode():
                     continue
                 try:
-                    action = json.loads(message.value()).get("action", "promote")
+                    event = json.loads(message.value())
+                    action = event.get("action", "promote")
+                    self.refused.pop(event.get("version"), None)  # announced again: worth another try
                 except (ValueError, AttributeError):
                     action = "an unreadable event"
                 self.last_event_at = time.time()
