@@ -39,7 +39,9 @@ reported apart:
 
 overhead = (flywheel wall - evidently sampled wall) / evidently sampled wall; targets: wall < 60 s,
 peak RSS < 2 GiB, overhead < 25 %. Sampled contenders run ``--repeats`` times, interleaved; the table
-shows the fastest and the median, memory the worst run. With ``--profile auto`` (default) a missed
+shows the fastest and the median, memory the worst run. On a shared machine the load changes between
+processes, so the same ratio is also taken inside each flywheel run (its wall time against the time
+its own Evidently calls took there: Report.run + dict, get_html_str, the second dict) and must pass too. With ``--profile auto`` (default) a missed
 target triggers one extra cProfile run of the check (not in the table): bench/results/drift_profile.txt.
 
 The summary goes to Kafka on a private broker (bench.common.kafka_broker, own folder under
@@ -47,7 +49,7 @@ The summary goes to Kafka on a private broker (bench.common.kafka_broker, own fo
 the check at a closed port with FLYWHEEL_BROKER_TIMEOUT_S=1 instead: ``publish_summary`` then waits
 up to 1 s, which stays inside the measured time.
 
-Prints markdown tables and writes bench/results/drift.json.
+Prints markdown tables and writes bench/results/drift.json (drift_predictions.json with --predictions).
 """
 
 from __future__ import annotations
@@ -362,23 +364,32 @@ def prepare_store(rows: int, history_rows: int, predictions: bool, reuse: bool, 
 
 
 class _Timers:
-    """Wall time of every call of named functions, wrapped in place for the duration of a block."""
+    """Wall time of every call of named functions, wrapped in place for the duration of a block.
+
+    A call made inside another timed call is marked nested, so the top-level calls add up to no more
+    than the wall time and the rest of the wall time can be reported as unattributed.
+    """
 
     def __init__(self) -> None:
-        self.durations: dict[str, list[float]] = {}
+        self.durations: dict[str, list[tuple[float, bool]]] = {}
+        self.depth = 0
 
     def wrap(self, owner: Any, attr: str, name: str) -> Callable[[], None]:
         own = attr in vars(owner)  # a class may inherit it: then restoring means deleting ours
         original = vars(owner)[attr] if own else getattr(owner, attr)
         target = getattr(owner, attr)  # for a class: the plain function, called with self among args
         durations = self.durations.setdefault(name, [])
+        timers = self
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            nested = timers.depth > 0
+            timers.depth += 1
             started = time.perf_counter()
             try:
                 return target(*args, **kwargs)
             finally:
-                durations.append(time.perf_counter() - started)
+                durations.append((time.perf_counter() - started, nested))
+                timers.depth -= 1
 
         setattr(owner, attr, timed)
         return (lambda: setattr(owner, attr, original)) if own else (lambda: delattr(owner, attr))
@@ -392,8 +403,13 @@ class _Timers:
             for u in reversed(undo):
                 u()
 
+    def top_level_s(self) -> float:
+        return sum(d for v in self.durations.values() for d, nested in v if not nested)
+
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {k: {"seconds": round(sum(v), 4), "calls": len(v), "each": [round(x, 4) for x in v]}
+        return {k: {"seconds": round(sum(d for d, _ in v), 4), "calls": len(v),
+                    "top_level_seconds": round(sum(d for d, n in v if not n), 4),
+                    "each": [round(d, 4) for d, _ in v]}
                 for k, v in self.durations.items() if v}
 
 
@@ -437,6 +453,24 @@ def _profile_summary(profiler: Any, path: str, top: int) -> list[dict[str, Any]]
             for (file, line, name), (_cc, nc, tt, ct, _callers) in rows]
 
 
+def _callees(pstats_path: str, func: str, top: int = 12) -> list[dict[str, Any]]:
+    """Direct callees of ``func`` by cumulative time (what the function itself spends its time on)."""
+    import pstats
+
+    stats = pstats.Stats(pstats_path)
+    parent = next((k for k in stats.stats if k[2] == func), None)  # type: ignore[attr-defined]
+    if parent is None:
+        return []
+    rows = []
+    for key, (*_, callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if parent in callers:
+            _cc, nc_, _tt, ct_ = callers[parent]
+            file, line, name = key
+            label = f"{Path(file).parent.name}/{Path(file).name}:{line}({name})" if file != "~" else name
+            rows.append({"function": label, "ncalls": nc_, "cumtime_s": round(ct_, 3)})
+    return sorted(rows, key=lambda r: -r["cumtime_s"])[:top]
+
+
 def run_flywheel(store_dir: str, as_of: str, bootstrap: str | None, profile_path: str | None = None,
                  top: int = 15) -> dict[str, Any]:
     """``run_drift_check`` end to end, with a timer breakdown (and cProfile if asked)."""
@@ -455,7 +489,7 @@ def run_flywheel(store_dir: str, as_of: str, bootstrap: str | None, profile_path
     rss_before = _rss_bytes()
     timers = _Timers()
     busy0, cpu0 = _cpu_jiffies(), time.process_time()
-    with timers.installed(_timed_targets()):
+    with timers.installed([] if profiler else _timed_targets()):  # profiled: callees stay direct
         if profiler:
             profiler.enable()
         t0 = time.perf_counter()
@@ -469,6 +503,8 @@ def run_flywheel(store_dir: str, as_of: str, bootstrap: str | None, profile_path
     out: dict[str, Any] = {
         "wall_s": wall, "cpu_s": cpu, "machine_busy_cores": _busy_cores(busy0, busy1),
         "seconds_reported": summary["seconds"], "timers": timers.as_dict(), "rows": summary["rows"],
+        # window filter, reference read, frames, summary building: what no timer covers
+        "unattributed_s": wall - timers.top_level_s(),
         "drift_share": summary["drift_share"], "drifted_columns": summary["drifted_columns"],
         "empty_columns": summary["empty_columns"], "data_drift": summary["data_drift"],
         "prediction_drift": summary["prediction_drift"], "live_quality": summary["live_quality"],
@@ -480,6 +516,8 @@ def run_flywheel(store_dir: str, as_of: str, bootstrap: str | None, profile_path
     if profiler:
         assert profile_path
         out["top_cumtime"] = _profile_summary(profiler, profile_path, top)
+        out["run_drift_check_callees"] = _callees(profile_path + ".pstats", "run_drift_check")
+        out["publish_summary_callees"] = _callees(profile_path + ".pstats", "publish_summary")
     return out
 
 
@@ -635,27 +673,34 @@ def report(fly: list[dict[str, Any]], evs: list[dict[str, Any]], full: dict[str,
     f_peak = max(r["peak_rss_bytes"] for r in fly_ok)
     e_peak = max(r["peak_rss_bytes"] for r in ev_ok)
     e_timed_peak = max((r["timed_peak_rss_bytes"] or 0) for r in ev_ok)
+    e_timed_growth = max((r["timed_peak_rss_bytes"] or 0) - r["rss_before_timed_bytes"] for r in ev_ok)
     overhead_min = (f_min - e_min) / e_min
     overhead_med = (f_med - e_med) / e_med
     # Paired: each flywheel run against the Evidently run next to it (same machine load, roughly).
     paired = [(a["wall_s"] - b["wall_s"]) / b["wall_s"] for a, b in zip(fly_ok, ev_ok, strict=False)]
     # Internal: flywheel's total against Evidently's time inside the same run (immune to drift between runs).
     internal = [(r["wall_s"] - _evidently_inside(r)) / _evidently_inside(r) for r in fly_ok]
+    internal_med = statistics.median(internal)
     verdicts = {
         "wall_under_60s": f_med < TARGET_WALL_S,
         "peak_under_2gib": f_peak < TARGET_PEAK_BYTES,
+        # the definition: flywheel's wall against the Evidently-alone process's, medians of interleaved runs
         "overhead_under_25pct": overhead_med < TARGET_OVERHEAD,
+        # the same ratio inside each flywheel run (Evidently's own time there): immune to the load on a
+        # shared machine changing between processes, so it must pass too
+        "overhead_under_25pct_same_run": internal_med < TARGET_OVERHEAD,
     }
     f0 = fly_ok[0]
-    headers = ["contender", "current rows -> Evidently", "wall s (min)", "wall s (median)", "peak RSS MiB",
-               "timed-part peak MiB", "machine busy cores", "what is timed"]
+    f_cpu, e_cpu = statistics.median(r["cpu_s"] for r in fly_ok), statistics.median(r["cpu_s"] for r in ev_ok)
+    headers = ["contender", "current rows -> Evidently", "wall s (min)", "wall s (median)", "CPU s (median)", "peak RSS MiB",
+               "timed-part peak MiB (+growth)", "machine busy cores", "what is timed"]
     table_rows = [
         ["flywheel `run_drift_check`", f"{f0['rows']['current_in_window']:,} -> {f0['rows']['current_sampled']:,} "
-         f"(ref {f0['rows']['reference']:,})", _fmt(f_min), _fmt(f_med), _mib(f_peak), "-",
+         f"(ref {f0['rows']['reference']:,})", _fmt(f_min), _fmt(f_med), _fmt(f_cpu), _mib(f_peak), "-",
          _fmt(statistics.median(r["machine_busy_cores"] for r in fly_ok)),
          "whole call: read + filter + sample + to_matrix + Evidently + live quality + HTML/JSON + publish"],
         ["Evidently alone, sampled frames", f"{ev_ok[0]['rows_current']:,} (ref {ev_ok[0]['rows_reference']:,})",
-         _fmt(e_min), _fmt(e_med), _mib(e_peak), _mib(e_timed_peak),
+         _fmt(e_min), _fmt(e_med), _fmt(e_cpu), _mib(e_peak), f"{_mib(e_timed_peak)} (+{_mib(e_timed_growth)})",
          _fmt(statistics.median(r["machine_busy_cores"] for r in ev_ok)),
          "Report.run + dict + get_html_str + json.dumps (+ write)"],
     ]
@@ -663,14 +708,15 @@ def report(fly: list[dict[str, Any]], evs: list[dict[str, Any]], full: dict[str,
         if full["ok"]:
             table_rows.append(["Evidently alone, FULL window (no sampling)",
                                f"{full['rows_current']:,} (ref {full['rows_reference']:,})", _fmt(full["wall_s"]),
-                               "(1 run)", _mib(full["peak_rss_bytes"]), _mib(full["timed_peak_rss_bytes"]),
+                               "(1 run)", _fmt(full["cpu_s"]), _mib(full["peak_rss_bytes"]),
+                               f"{_mib(full['timed_peak_rss_bytes'])} (+{_mib(full['timed_peak_rss_bytes'] - full['rss_before_timed_bytes'])})",
                                _fmt(full["machine_busy_cores"]), "same as above"])
         else:
             table_rows.append(["Evidently alone, FULL window (no sampling)", f"{rows:,}",
-                               f"did not finish (rc {full['returncode']}, {full['process_wall_s']:.0f} s)", "-",
+                               f"did not finish (rc {full['returncode']}, {full['process_wall_s']:.0f} s)", "-", "-",
                                _mib(full["peak_rss_bytes"]), "-", "-", "killed at the timeout" if
                                full["returncode"] == -9 else "failed"])
-    lines = [f"### Drift check on {rows:,} current rows x 20 features", "", markdown_table(headers, table_rows, "llrrrrrl"), ""]
+    lines = [f"### Drift check on {rows:,} current rows x 20 features", "", markdown_table(headers, table_rows, "llrrrrrrl"), ""]
     lines.append(markdown_table(
         ["measure", "value", "target", "verdict"],
         [["flywheel wall (median)", f"{f_med:.2f} s", f"< {TARGET_WALL_S:.0f} s", "PASS" if verdicts["wall_under_60s"] else "MISS"],
@@ -678,17 +724,29 @@ def report(fly: list[dict[str, Any]], evs: list[dict[str, Any]], full: dict[str,
          ["overhead vs Evidently (medians)", f"{overhead_med:+.1%}", "< +25%", "PASS" if verdicts["overhead_under_25pct"] else "MISS"],
          ["overhead vs Evidently (fastest runs)", f"{overhead_min:+.1%}", "", ""],
          ["overhead, paired runs", ", ".join(f"{p:+.1%}" for p in paired), "", ""],
-         ["overhead vs Evidently inside the same run", ", ".join(f"{p:+.1%}" for p in internal), "", ""]],
+         ["overhead vs Evidently's own time inside the same run (median)", f"{internal_med:+.1%}", "< +25%",
+          "PASS" if verdicts["overhead_under_25pct_same_run"] else "MISS"],
+         ["... per run", ", ".join(f"{p:+.1%}" for p in internal), "", ""],
+         ["CPU-time overhead (medians; publish waits cost no CPU)", f"{(f_cpu - e_cpu) / e_cpu:+.1%}", "", ""]],
         "lrrl"))
-    lines += ["", "flywheel breakdown (median over runs, seconds):", ""]
-    names = sorted({k for r in fly_ok for k in r["timers"]}, key=lambda k: -statistics.median(
-        r["timers"].get(k, {}).get("seconds", 0.0) for r in fly_ok))
-    breakdown = {k: statistics.median(r["timers"].get(k, {}).get("seconds", 0.0) for r in fly_ok) for k in names}
-    reported = {k: statistics.median(r["seconds_reported"][k] for r in fly_ok) for k in ("total", "evidently")}
-    rows_b = [[k, _fmt(v, 3), max(r["timers"].get(k, {}).get("calls", 0) for r in fly_ok)] for k, v in breakdown.items()]
-    rows_b.append(["(run_drift_check's own `seconds.total` / `seconds.evidently`)",
-                   f"{reported['total']:.3f} / {reported['evidently']:.3f}", ""])
-    lines.append(markdown_table(["part (nested: evidently_data_drift includes one snapshot_dict)", "s", "calls"], rows_b))
+    lines += ["", "flywheel breakdown (median over runs, seconds; top-level = not inside another timed call):", ""]
+    med = lambda values: statistics.median(list(values))  # noqa: E731
+    names = sorted({k for r in fly_ok for k in r["timers"]}, key=lambda k: -med(
+        r["timers"].get(k, {}).get("top_level_seconds", 0.0) for r in fly_ok))
+    breakdown = {k: {"top_level_s": med(r["timers"].get(k, {}).get("top_level_seconds", 0.0) for r in fly_ok),
+                     "all_calls_s": med(r["timers"].get(k, {}).get("seconds", 0.0) for r in fly_ok),
+                     "calls": max(r["timers"].get(k, {}).get("calls", 0) for r in fly_ok)} for k in names}
+    breakdown["(unattributed: window filter of the full table, reference read, frames, summary)"] = {
+        "top_level_s": med(r["unattributed_s"] for r in fly_ok), "all_calls_s": None, "calls": ""}
+    reported = {k: med(r["seconds_reported"][k] for r in fly_ok) for k in ("total", "evidently")}
+    rows_b = [[k, _fmt(v["top_level_s"], 3), _fmt(v["all_calls_s"], 3), v["calls"]] for k, v in breakdown.items()]
+    rows_b.append(["(run_drift_check's own `seconds.total` / `seconds.evidently`, before HTML/put/publish)",
+                   f"{reported['total']:.3f} / {reported['evidently']:.3f}", "", ""])
+    lines.append(markdown_table(["part", "top-level s", "all calls s", "calls"], rows_b))
+    no_publish = [(r["wall_s"] - r["timers"].get("publish_summary", {}).get("top_level_seconds", 0.0)
+                   - _evidently_inside(r)) / _evidently_inside(r) for r in fly_ok]
+    lines += ["", "Informational, not the verdict: overhead inside each run without publish_summary's time: "
+              + ", ".join(f"{x:+.1%}" for x in no_publish)]
     ev_steps = {k: statistics.median(r["steps_s"][k] for r in ev_ok) for k in ev_ok[0]["steps_s"]}
     lines += ["", "Evidently alone, sampled (median, seconds): " + ", ".join(f"{k} {v:.3f}" for k, v in ev_steps.items())]
     if full is not None and full["ok"]:
@@ -699,11 +757,13 @@ def report(fly: list[dict[str, Any]], evs: list[dict[str, Any]], full: dict[str,
         "evidently_full_wall_s": full.get("wall_s") if full and full["ok"] else None,
         "flywheel_peak_rss_mib": round(f_peak / MIB, 1), "evidently_sampled_peak_rss_mib": round(e_peak / MIB, 1),
         "evidently_sampled_timed_peak_rss_mib": round(e_timed_peak / MIB, 1),
+        "evidently_sampled_timed_growth_mib": round(e_timed_growth / MIB, 1),
         "evidently_full_peak_rss_mib": round(full["peak_rss_bytes"] / MIB, 1) if full else None,
         "overhead_median": overhead_med, "overhead_min": overhead_min, "overhead_paired": paired,
-        "overhead_internal": internal, "flywheel_breakdown_median_s": breakdown,
+        "overhead_internal": internal, "overhead_internal_median": internal_med, "overhead_internal_without_publish": no_publish,
+        "flywheel_breakdown_median_s": breakdown,
         "flywheel_seconds_reported_median": reported, "evidently_sampled_steps_median_s": ev_steps,
-        "verdicts": verdicts, "targets": {"wall_s": TARGET_WALL_S, "peak_bytes": TARGET_PEAK_BYTES,
+        "cpu_s_median": {"flywheel": f_cpu, "evidently_sampled": e_cpu}, "verdicts": verdicts, "targets": {"wall_s": TARGET_WALL_S, "peak_bytes": TARGET_PEAK_BYTES,
                                           "overhead": TARGET_OVERHEAD},
     }
     return "\n".join(lines), summary
@@ -713,12 +773,12 @@ def _evidently_inside(r: dict[str, Any]) -> float:
     """Evidently's own time inside one flywheel run: what the Evidently-alone contender times.
 
     evidently_data_drift (Report.run + snapshot.dict) + evidently_value_drift (if any) + get_html_str
-    + the snapshot.dict() run_drift_check calls again for evidently.json (its last dict call).
+    + the snapshot.dict() run_drift_check calls again for evidently.json (the one not nested in those).
     """
     t = r["timers"]
-    get = lambda k: t.get(k, {}).get("seconds", 0.0)  # noqa: E731
-    last_dict = (t.get("evidently.snapshot_dict", {}).get("each") or [0.0])[-1]
-    return get("evidently_data_drift") + get("evidently_value_drift") + get("evidently.get_html_str") + last_dict
+    get = lambda k: t.get(k, {}).get("top_level_seconds", 0.0)  # noqa: E731
+    return get("evidently_data_drift") + get("evidently_value_drift") + get("evidently.get_html_str") + get(
+        "evidently.snapshot_dict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -771,16 +831,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile == "always" or (args.profile == "auto" and missed):
             print("bench: profiling run_drift_check ...", file=sys.stderr)
             prof = _measure(run_flywheel, {"store_dir": str(STORE_DIR), "as_of": as_of, "bootstrap": bootstrap,
-                                           "profile_path": str(RESULTS_DIR / "drift_profile")}, log_dir / "profile")
+                                           "profile_path": str(RESULTS_DIR / ("drift_predictions_profile" if args.predictions
+                                                                             else "drift_profile"))}, log_dir / "profile")
             data["profile"] = prof
             if prof["ok"]:
                 text += "\n\ncProfile of run_drift_check (one extra run, not in the table), top 15 by cumtime:\n\n"
                 text += markdown_table(["function", "ncalls", "tottime s", "cumtime s"],
                                        [[p["function"], p["ncalls"], p["tottime_s"], p["cumtime_s"]]
                                         for p in prof["top_cumtime"]])
+                text += "\n\nrun_drift_check's direct callees (same profile; pyarrow's compute wrapper is the window " \
+                        "filter `Table.filter`):\n\n"
+                text += markdown_table(["callee", "ncalls", "cumtime s"],
+                                       [[p["function"], p["ncalls"], p["cumtime_s"]]
+                                        for p in prof["run_drift_check_callees"] + [
+                                            {**c, "function": "publish_summary -> " + c["function"]}
+                                            for c in prof["publish_summary_callees"][:2]]])
     data |= {"flywheel_runs": fly, "evidently_sampled_runs": evs, "evidently_full_run": full, "summary": summary,
              "table": text}
-    path = write_results("drift", data)
+    path = write_results("drift_predictions" if args.predictions else "drift", data)
     print(text)
     print(f"\nresults: {path}", file=sys.stderr)
     return 0
