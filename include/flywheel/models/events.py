@@ -18,7 +18,8 @@ def publish_model_event(settings: Settings, event: dict[str, Any]) -> None:
     from confluent_kafka import Producer
 
     ensure_topics(settings, [settings.model_events_topic], partitions=1, compacted=[settings.model_events_topic])
-    producer = Producer(client_config(settings, "producer"))
+    # One message, acks=all: the idempotent producer's id handshake would cost more than the send.
+    producer = Producer(client_config(settings, "producer", **{"enable.idempotence": False}))
     errors: list[str] = []
     producer.produce(settings.model_events_topic, key=event["model"].encode(),
                      value=json.dumps(event, sort_keys=True, default=str).encode(),
