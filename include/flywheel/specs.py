@@ -109,7 +109,8 @@ class GatesSpec(_Strict):
 class ScoringSpec(_Strict):
     threshold: float = Field(default=0.5, ge=0, le=1)
     batch_size: int = Field(default=1000, ge=1)
-    batch_timeout_ms: int = Field(default=50, ge=1)
+    #: How long a micro-batch may wait to fill: the latency floor at low rates.
+    batch_timeout_ms: int = Field(default=10, ge=1)
 
 
 class DriftSpec(_Strict):

@@ -56,6 +56,8 @@ class Scorer:
         self.metrics = ScorerMetrics(spec.name)
         self.model: ServingModel | None = None
         self._failures = 0
+        #: Latest committed position per partition, committed once more synchronously at shutdown.
+        self._last_offsets: dict[tuple[str, int], Any] = {}
         self.stopping = threading.Event()
         self.watcher = ChampionWatcher(settings, spec, compile_model=options.compile_model,
                                        poll_interval_s=options.poll_interval_s,
@@ -123,7 +125,7 @@ class Scorer:
             producer.init_transactions(self.settings.broker_timeout_s * 3)
         consumer.subscribe([self.spec.topics.features],
                            on_assign=lambda c, ps: log.info("assigned %s", [p.partition for p in ps]),
-                           on_revoke=lambda c, ps: log.info("revoked %s", [p.partition for p in ps]))
+                           on_revoke=lambda c, ps: self._revoked(ps))
         next_metrics = time.monotonic() + self.options.metrics_interval_s
         try:
             while not self.stopping.is_set():
@@ -145,9 +147,20 @@ class Scorer:
         finally:
             self.watcher.stop()
             side.flush(5)
+            if self._last_offsets and not self.options.exactly_once:
+                try:  # make the asynchronous commits durable before leaving the group
+                    consumer.commit(offsets=list(self._last_offsets.values()), asynchronous=False)
+                except Exception as exc:  # e.g. partitions already revoked: their new owner resumes
+                    log.info("final offset commit skipped: %s", exc)
             consumer.close()  # leaves the group: the others take over its partitions at once
         log.info("%s scorer stopped: %s", self.spec.name, self.metrics.snapshot())
         return self.metrics
+
+    def _revoked(self, partitions: list[Any]) -> None:
+        """Forget revoked partitions: their new owner commits them from now on."""
+        log.info("revoked %s", [p.partition for p in partitions])
+        for p in partitions:
+            self._last_offsets.pop((p.topic, p.partition), None)
 
     # -- one batch ----------------------------------------------------------------------------------
 
@@ -243,7 +256,10 @@ class Scorer:
                 remaining = producer.flush(self.settings.broker_timeout_s)
                 if remaining or errors:
                     raise BrokerUnavailable(f"{remaining} predictions unacknowledged; errors {errors[:3]}")
-                consumer.commit(offsets=offsets, asynchronous=False)
+                # Every prediction of the batch is acknowledged: committing asynchronously keeps
+                # at-least-once (a lost commit only means a batch is scored again) without a round trip.
+                consumer.commit(offsets=offsets, asynchronous=True)
+                self._last_offsets.update({(o.topic, o.partition): o for o in offsets})
         except Exception:
             if eos:
                 try:
