@@ -85,6 +85,8 @@ HOME_DIR = REPO / ".local" / "bench-scorer-home"
 SPECS_DIR = HOME_DIR / "specs"
 QUIX_WORK_DIR = HOME_DIR / "quix"
 QUIX_SCRIPT = REPO / "bench" / "peers" / "quix_scorer.py"
+#: Held for a whole run: two runs would wipe each other's store and home (and lleaves cache).
+LOCK_FILE = REPO / ".local" / "bench-scorer.lock"
 PARTITIONS = 4
 TRAIN_START = datetime(2026, 11, 20, tzinfo=UTC)
 TRAIN_RATE_PER_S = 2.0  # 200k training events span 28 hours: inside the spec's 7-day window
@@ -340,6 +342,20 @@ def produce_backlog(bootstrap: str, topic: str, n: int, chunk: int = 50_000) -> 
 # -- reading topics (the parent's side) ----------------------------------------------------------------
 
 
+def _partitions(consumer: Any, topic: str, expected: int = PARTITIONS, timeout: float = 30.0) -> list[int]:
+    """The topic's partitions once a client's metadata shows all of them: a topic created a moment ago
+    can still be unknown (or partly known) to the next client that asks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        parts = sorted(meta.partitions) if meta is not None and meta.error is None else []
+        if len(parts) >= expected or (parts and time.monotonic() > deadline):
+            return parts
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic} not in the metadata after {timeout:g} s")
+        time.sleep(0.2)
+
+
 def _consumer(bootstrap: str, committed: bool = True) -> Any:
     from confluent_kafka import Consumer
 
@@ -546,8 +562,9 @@ def lgbm_predict(bootstrap: str, spec_data: dict[str, Any], version: int, batch_
     scores = [booster.predict(b, num_threads=1) for b in batches]
     plain.end()
     started = time.perf_counter()
+    # A cache of its own: the scorer's first compiled run must find lleaves' cache cold.
     compiled_model = load_serving_model(models, spec, version, compile_model=True,
-                                        cache_dir=settings.home / ".cache" / "lleaves")
+                                        cache_dir=settings.home / ".cache" / "lleaves-predict-alone")
     compile_s = time.perf_counter() - started
     compiled_model.predict(batches[0])
     comp = Span()
@@ -576,6 +593,9 @@ class _Probe:
         self.span = Span()
         self.batches = 0
         self.batch_events: list[int] = []
+        self.batch_ms: list[float] = []  # _process: decode, score, produce, flush, commit
+        self.gap_ms: list[float] = []  # from one batch's end to the next one's start: mostly consume()
+        self._last_end: float | None = None
         self.predict_s = 0.0
         self.predict_calls = self.predict_rows = 0
         self.swaps: list[dict[str, Any]] = []
@@ -584,11 +604,16 @@ class _Probe:
         def timed_process(consumer: Any, producer: Any, messages: list[Any]) -> None:
             if self.span.t0 is None:
                 self.span.start()
+            t0 = time.perf_counter()
+            if self._last_end is not None:
+                self.gap_ms.append((t0 - self._last_end) * 1000)
             try:
                 process(consumer, producer, messages)
             finally:
                 self.batches += 1
                 self.batch_events.append(len(messages))
+                self._last_end = time.perf_counter()
+                self.batch_ms.append((self._last_end - t0) * 1000)
                 self.span.end()
 
         def timed_swap(model: Any) -> None:
@@ -615,7 +640,8 @@ class _Probe:
 
         sizes = np.asarray(self.batch_events or [0])
         return {**self.span.as_dict(), "batches": self.batches, "batch_events_mean": float(sizes.mean()),
-                "batch_events_p50": float(np.median(sizes)), "predict_s": self.predict_s,
+                "batch_events_p50": float(np.median(sizes)), "batch_ms": _percentiles(self.batch_ms),
+                "gap_ms": _percentiles(self.gap_ms), "predict_s": self.predict_s,
                 "predict_calls": self.predict_calls, "predict_rows": self.predict_rows,
                 "predict_rows_per_call": self.predict_rows / max(self.predict_calls, 1), "swaps": self.swaps}
 
@@ -712,7 +738,7 @@ def ensure_quix_scorer_venv() -> Path:
 
     python = ensure_quix_venv()
     wanted = {"lightgbm": version("lightgbm"), "numpy": version("numpy")}
-    probe = "import importlib.metadata as m, json; print(json.dumps({n: m.version(n) for n in %r}))" % list(wanted)
+    probe = f"import importlib.metadata as m, json; print(json.dumps({{n: m.version(n) for n in {list(wanted)!r}}}))"
     try:
         have = json.loads(subprocess.run([str(python), "-c", probe], capture_output=True, text=True,
                                          check=True).stdout)
@@ -758,6 +784,7 @@ class Pacer(threading.Thread):
         self.sent: dict[str, int] = {}
         self.errors: list[str] = []
         self.phase_started: dict[str, float] = {}
+        self.halted_at: float | None = None
         self._halt = threading.Event()
         self._lock = threading.Lock()
 
@@ -797,6 +824,7 @@ class Pacer(threading.Thread):
             self.sent[prefix] = sent_in_phase
             self.producer.poll(0)
             time.sleep(0.002)
+        self.halted_at = time.time()
         self.producer.flush(30)
 
     def halt(self) -> None:
@@ -811,7 +839,7 @@ class PredictionReader(threading.Thread):
         from confluent_kafka import TopicPartition
 
         self.consumer = _consumer(bootstrap, committed=False)
-        parts = sorted(self.consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        parts = _partitions(self.consumer, topic)
         self.consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         self.rows: list[tuple[str, str, int, int, int, int]] = []  # id, version, source, scored, ts, ts type
         self.first_by_version: dict[str, tuple[int, int]] = {}  # version -> (broker ts, scored_at) of its first
@@ -879,9 +907,9 @@ def promote(bootstrap: str, spec: Any, version: int) -> dict[str, Any]:
             "event_ts_ms": _model_event_ts(bootstrap, settings.model_events_topic, spec.name, version)}
 
 
-def live_run(bootstrap: str, base: dict[str, Any], tag: str, *, compile_model: bool, promote_version: int,
+def live_run(bootstrap: str, base: dict[str, Any], tag: str, *, compile_model: bool, promote_version: int | None,
              rate_per_s: float, seconds: float, pool: list[dict[str, Any]], log_dir: Path,
-             swap_timeout_s: float = 180.0) -> dict[str, Any]:
+             batch_timeout_ms: int | None = None, swap_timeout_s: float = 180.0) -> dict[str, Any]:
     import numpy as np
     from flywheel.kafka_config import ensure_topics
 
@@ -891,6 +919,8 @@ def live_run(bootstrap: str, base: dict[str, Any], tag: str, *, compile_model: b
     # The broker stamps each prediction when it appends it: the end of the end-to-end path.
     ensure_topics(settings, [predictions], partitions=PARTITIONS, config={"message.timestamp.type": "LogAppendTime"})
     spec_data = variant(base, features=features, predictions=predictions)
+    if batch_timeout_ms is not None:  # the spec's own knob (scoring.batch_timeout_ms)
+        spec_data.setdefault("scoring", {})["batch_timeout_ms"] = batch_timeout_ms
     spec = _spec(spec_data)
     stop_file = HOME_DIR / f"stop-{tag}"
     stop_file.unlink(missing_ok=True)
@@ -912,7 +942,9 @@ def live_run(bootstrap: str, base: dict[str, Any], tag: str, *, compile_model: b
     pacer.start()
     timeline: dict[str, Any] = {"started_at": time.time()}
     out: dict[str, Any] = {"tag": tag, "compile_model": compile_model, "rate_per_s": rate_per_s,
-                           "seconds": seconds, "timeline": timeline}
+                           "seconds": seconds, "timeline": timeline,
+                           "batch_timeout_ms": spec.scoring.batch_timeout_ms, "batch_size": spec.scoring.batch_size}
+    promoted: dict[str, Any] = {}
     try:
         # 1. warm-up: a trickle until predictions flow (process start, model load or compile, group join)
         deadline = time.monotonic() + 300
@@ -928,15 +960,16 @@ def live_run(bootstrap: str, base: dict[str, Any], tag: str, *, compile_model: b
         pacer.set_phase("p", rate_per_s)
         time.sleep(seconds)
         # 3. still at that rate: promote a new version and wait for the first prediction it makes
-        pacer.set_phase("s", rate_per_s)
-        time.sleep(1.0)
-        promoted = promote(bootstrap, spec, promote_version)
-        out["promotion"] = promoted
-        deadline = time.monotonic() + swap_timeout_s
-        while str(promote_version) not in reader.first_by_version and time.monotonic() < deadline:
-            time.sleep(0.05)
-        timeline["swap_seen_at"] = time.time() if str(promote_version) in reader.first_by_version else None
-        time.sleep(2.0)
+        if promote_version is not None:
+            pacer.set_phase("s", rate_per_s)
+            time.sleep(1.0)
+            promoted = promote(bootstrap, spec, promote_version)
+            out["promotion"] = promoted
+            deadline = time.monotonic() + swap_timeout_s
+            while str(promote_version) not in reader.first_by_version and time.monotonic() < deadline:
+                time.sleep(0.05)
+            timeline["swap_seen_at"] = time.time() if str(promote_version) in reader.first_by_version else None
+            time.sleep(2.0)
     finally:
         pacer.halt()
         pacer.join(60)
@@ -971,18 +1004,21 @@ def live_run(bootstrap: str, base: dict[str, Any], tag: str, *, compile_model: b
     out["steady"] = phase("p")
     out["during_swap"] = phase("s")
     p_start = pacer.phase_started.get("p")
-    s_start = pacer.phase_started.get("s")
+    s_start = pacer.phase_started.get("s") or pacer.halted_at
     if p_start and s_start:
         out["steady"]["achieved_rate_per_s"] = sent.get("p", 0) / (s_start - p_start)
-    new = reader.first_by_version.get(str(promote_version))
-    event_ms = promoted.get("event_ts_ms") or promoted["event_published_at"] * 1000
+    new = reader.first_by_version.get(str(promote_version)) if promote_version is not None else None
+    event_ms = (promoted.get("event_ts_ms") or promoted["event_published_at"] * 1000) if promoted else 0
     swap: dict[str, Any] = {"version": promote_version, "seen": new is not None}
+    if promoted:
+        # How long publish_model_event's own producer took to get the event to the broker and acknowledged.
+        swap["publish_acked_after_s"] = promoted["event_published_at"] - event_ms / 1000
     if new is not None:
         swap["seconds"] = (new[0] - event_ms) / 1000  # first prediction appended - model event stamped
         swap["seconds_scored"] = (new[1] - event_ms) / 1000  # by the prediction's scored_at_ms
         swap["seconds_from_pointer_move"] = (new[0] / 1000 - promoted["pointer_started_at"])
     value = m.result["value"]
-    swapped = [s for s in value["swaps"] if s["version"] == promote_version]
+    swapped = [s for s in value["swaps"] if s["version"] == promote_version] if promoted else []
     if swapped:
         s = swapped[0]
         swap["watcher_saw_event_after_s"] = (s["watcher_event_at"] - event_ms / 1000) if s["watcher_event_at"] else None
@@ -1008,7 +1044,8 @@ def _row(name: str, m: Measured, events: int, span: dict[str, Any], output: dict
            "peak_rss_mib": m.peak_rss_bytes / MIB, "process_cpu_s": m.cpu_s, "process_wall_s": m.wall_s}
     if output is not None:
         row["output"] = output
-        row["output_span_events_per_s"] = rate(events, output["span_s"])
+        # Quix Streams stamps each output with its input's timestamp: its outputs' span is the produce span.
+        row["output_span_events_per_s"] = None if name.startswith("(c)") else rate(events, output["span_s"])
         row["ok"] = row["ok"] and output["records"] >= events and output["distinct_keys"] == events
     row.update(extra or {})
     return row
@@ -1085,6 +1122,25 @@ def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
+def _exclusive_run() -> Any:
+    """An open lock file held (flock) until the process ends; exits if another scorer benchmark runs."""
+    import fcntl
+
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(LOCK_FILE, "a+")  # noqa: SIM115 - held for the life of the run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        sys.exit(f"another scorer benchmark is running (pid {handle.read().strip() or '?'}); it owns "
+                 f"{STORE_DIR} and {HOME_DIR}")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=300_000, help="backlog events scored by each contender")
@@ -1092,6 +1148,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-rows", type=int, default=200_000, help="training events for the champion")
     parser.add_argument("--live-seconds", type=float, default=20.0)
     parser.add_argument("--live-rate", type=float, default=5000.0)
+    parser.add_argument("--live-batch-timeout-ms", type=int, default=10,
+                        help="one more live run (no swap) with the spec's scoring.batch_timeout_ms set to this "
+                             "(0: none); the main runs keep the spec's value")
+    parser.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=True,
+                        help="the backlog contenders (--no-throughput: live runs only, for iterating)")
     parser.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                         help="cProfile one more plain scorer run; auto: when a target is missed")
     parser.add_argument("--quix", action=argparse.BooleanOptionalAction, default=True)
@@ -1099,6 +1160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--port", type=int, default=None, help="broker port (default: a free one; never 9092)")
     args = parser.parse_args(argv)
+    lock = _exclusive_run()  # noqa: F841 - kept open until the process ends
     n = args.events
     run_id = uuid.uuid4().hex[:6]
     log_dir = RESULTS_DIR / "logs" / "scorer"
@@ -1158,7 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
         keys = ["raw", "predict"] + (["quix"] if quix_python else []) + ["scorer", "compiled"] \
             + (["eos"] if args.eos else [])
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
-        for r in range(args.repeat):
+        for r in range(args.repeat if args.throughput else 0):
             for key in keys:
                 load = os.getloadavg()[0]
                 tag = f"{run_id}-{r}"
@@ -1176,23 +1238,32 @@ def main(argv: list[str] | None = None) -> int:
                     extra = f"; model load {row['model_load_s']:.2f} s; predict {row['predict_s']:.2f} s"
                 print(f"[{r + 1}/{args.repeat}] {key}: {row.get('events_per_s', float('nan')):,.0f} ev/s, "
                       f"{row.get('events_per_cpu_s', float('nan')):,.0f} ev/CPU-s"
-                      + (f", output span {row['output_span_events_per_s']:,.0f} ev/s" if "output" in row else "")
+                      + (f", output span {row['output_span_events_per_s']:,.0f} ev/s"
+                         if row.get("output_span_events_per_s") else "")
                       + extra + ("" if row.get("ok") else f" FAILED {row.get('error', row.get('stderr_tail', ''))[-800:]}")
                       + f" (load {load:.1f})", flush=True)
-        contenders = {k: _best(v) for k, v in runs.items()}
+        contenders = {k: _best(v) for k, v in runs.items() if v}
+        if contenders.get("compiled", {}).get("ok"):
+            loads = [r.get("model_load_s") for r in runs["compiled"]]
+            contenders["compiled"]["compile_at_load_s"] = {"cold (first run)": loads[0], "warm (lleaves cache)": loads[1:]}
 
         live: dict[str, Any] = {}
         if args.live:
             from flywheel.demo.generator import event_stream
 
             pool = [e.features for e in event_stream(20_000, seed=23, start=SCORE_START, prefix="x")]
-            for name, compile_model, version in (("plain", False, 2), ("compiled", True, 3)):
-                print(f"live {name}: {args.live_rate:,.0f} ev/s for {args.live_seconds:g} s, then promote v{version} ...",
-                      flush=True)
+            configs = [("plain", False, 2, None), ("compiled", True, 3, None)]
+            if args.live_batch_timeout_ms:
+                configs.append((f"plain-timeout-{args.live_batch_timeout_ms}ms", False, None,
+                                args.live_batch_timeout_ms))
+            for name, compile_model, version, timeout_ms in configs:
+                print(f"live {name}: {args.live_rate:,.0f} ev/s for {args.live_seconds:g} s"
+                      + (f", then promote v{version}" if version else "") + " ...", flush=True)
                 try:
                     live[name] = live_run(bootstrap, base, f"{run_id}-{name}", compile_model=compile_model,
                                           promote_version=version, rate_per_s=args.live_rate,
-                                          seconds=args.live_seconds, pool=pool, log_dir=log_dir / f"live-{name}")
+                                          seconds=args.live_seconds, pool=pool, log_dir=log_dir / f"live-{name}",
+                                          batch_timeout_ms=timeout_ms)
                     lv = live[name]
                     print(f"  e2e p50 {lv['steady']['e2e_ms'].get('p50', float('nan')):.1f} ms, p99 "
                           f"{lv['steady']['e2e_ms'].get('p99', float('nan')):.1f} ms over "
@@ -1311,6 +1382,7 @@ def render(n: int, setup: dict[str, Any], produced: dict[str, Any], c: dict[str,
         rows.append(["(info) decode_batch + to_matrix alone (scorer's decoder)", _f(p.get("best_decode_events_per_s")),
                      "-", "-", "-", "-", "-", "-"])
     runs = max((r.get("runs", 1) for r in c.values()), default=1)
+    compile_loads = c.get("compiled", {}).get("compile_at_load_s")
     table = markdown_table(["contender", f"events/s (best / median of {runs})", "events/s from output timestamps",
                             "events per CPU-s (best / median)", "CPU µs/event (best run)",
                             "others' cores (best run)", "peak RSS MiB", "model load s"], rows)
@@ -1330,6 +1402,10 @@ def render(n: int, setup: dict[str, Any], produced: dict[str, Any], c: dict[str,
         "",
         table,
         "",
+        (f"(e) model load with lleaves compile: cold {_f(compile_loads['cold (first run)'], '.2f')} s (first run), "
+         f"warm {', '.join(_f(x, '.2f') for x in compile_loads['warm (lleaves cache)']) or '-'} s (lleaves cache); "
+         "excluded from its events/s." if compile_loads else ""),
+        "",
         markdown_table(["ratio", "wall (best runs)", "CPU (best runs)", "target", "verdict"], [
             [f"d / min(a, b) (min is {ratios['lower_limit']})", _f(ratios["scorer_vs_limit"], ".2f"),
              _f(ratios["scorer_vs_limit_cpu"], ".2f"), f">= {TARGET_VS_LIMIT}", verdict("scorer_vs_limit")],
@@ -1345,30 +1421,37 @@ def render(n: int, setup: dict[str, Any], produced: dict[str, Any], c: dict[str,
     ]
     if live:
         live_rows = []
-        for name in ("plain", "compiled"):
+        for name in live:
             lv = live.get(name)
             if not lv:
                 continue
             if "error" in lv:
-                live_rows.append([name, "FAILED", "-", "-", "-", "-", "-", "-", "-"])
+                live_rows.append([name, "FAILED", "-", "-", "-", "-", "-", "-", "-", "-", "-"])
                 continue
-            st, sw, sp = lv["steady"], lv["swap"], lv["during_swap"]
+            st, sw, sp, sc = lv["steady"], lv["swap"], lv["during_swap"], lv["scorer"]
             live_rows.append([
-                name, f"{_f(st.get('achieved_rate_per_s'))} ({st['predictions']:,}, missing {st['missing']})",
+                f"{name} (batch_timeout_ms {lv['batch_timeout_ms']})", f"{_f(st.get('achieved_rate_per_s'))} ({st['predictions']:,}, missing {st['missing']})",
                 _f(st["e2e_ms"].get("p50"), ".1f"), _f(st["e2e_ms"].get("p99"), ".1f"),
                 _f(st["e2e_ms"].get("max"), ".0f"),
                 f"{_f(st['scorer_side_ms'].get('p50'), '.1f')} / {_f(st['scorer_side_ms'].get('p99'), '.1f')}",
+                "-" if sw["version"] is None else
                 f"v{sw['version']}: {_f(sw.get('seconds'), '.2f')}" if sw.get("seen") else f"v{sw['version']}: not seen",
                 f"{_f(sw.get('watcher_saw_event_after_s'), '.2f')} / {_f(sw.get('load_verify_compile_s'), '.2f')} / "
                 f"{_f(sw.get('swapped_in_after_s'), '.2f')}",
-                f"{_f(sp['e2e_ms'].get('p50'), '.1f')} / {_f(sp['e2e_ms'].get('p99'), '.1f')}"])
+                f"{_f(sp['e2e_ms'].get('p50'), '.1f')} / {_f(sp['e2e_ms'].get('p99'), '.1f')}",
+                f"{_f(sc['batch_ms'].get('p50'), '.0f')} / {_f(sc['batch_ms'].get('p99'), '.0f')} / "
+                f"{_f(sc['gap_ms'].get('p50'), '.0f')} ({_f(sc['batch_events_mean'], '.0f')} ev)",
+                f"{_f(rate(sc['cpu_s'], sc['seconds']), '.2f')} / {_f(sc.get('others_cores'), '.2f')}"])
         lines += ["", "Live: fixed-rate producer on fresh topics; e2e = prediction's broker append time "
                   "(LogAppendTime) - input's producer timestamp; scorer-side = scored_at_ms - source_ts_ms. "
                   "Swap = first prediction with the new version (append time) - model event timestamp; breakdown: "
-                  "event seen by the watcher / load+verify(+compile) / swapped in, each in s after the event.", "",
+                  "event seen by the watcher / load+verify(+compile) / swapped in, each in s after the event. "
+                  "batch ms: one _process call (decode, score, produce, flush, commit); gap: from one batch's end "
+                  "to the next one's start (consume); these and the cores are over the whole live run.", "",
                   markdown_table(["scorer", "rate ev/s (predictions)", "e2e p50 ms", "e2e p99 ms", "e2e max ms",
                                   "scorer-side p50 / p99 ms", "swap s", "seen / load / swapped s",
-                                  "e2e p50 / p99 ms during swap"], live_rows),
+                                  "e2e p50 / p99 ms during swap", "batch ms p50 / p99 / gap p50 (mean batch)",
+                                  "scorer cores / others' cores"], live_rows),
                   "", markdown_table(["target", "value", "target", "verdict"], [
                       ["p99 end-to-end at the fixed rate (plain)", _f(ratios["p99_ms"], ".1f") + " ms",
                        f"< {TARGET_P99_MS:g} ms", verdict("p99_ms")],
