@@ -436,3 +436,31 @@ if __name__ == "__main__":
         sys.exit(_child_call(sys.argv[2]))
     print(__doc__, file=sys.stderr)
     sys.exit(2)
+
+
+# -- machine load -----------------------------------------------------------------------------------
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat: to report how loaded it was."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])
+    return total - idle, total
+
+
+def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Average number of cores the whole machine kept busy between two ``cpu_jiffies()`` readings."""
+    total = after[1] - before[1]
+    return round((os.cpu_count() or 1) * (after[0] - before[0]) / total, 2) if total else float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

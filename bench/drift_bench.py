@@ -76,9 +76,12 @@ from bench.common import (
     REPO,
     RESULTS_DIR,
     Measured,
+    busy_cores,
+    cpu_jiffies,
     fresh_dir,
     kafka_broker,
     markdown_table,
+    reset_peak_rss,
     run_function,
     vmhwm_bytes,
     write_results,
@@ -134,30 +137,6 @@ def current_start(history_rows: int) -> datetime:
 
 def drift_as_of(history_rows: int) -> datetime:
     return current_start(history_rows) + timedelta(minutes=30)
-
-
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values[:8]) - idle, sum(values[:8])
-
-
-def _busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """Average number of cores the whole machine kept busy in the interval (this process included)."""
-    total = after[1] - before[1]
-    return round((os.cpu_count() or 1) * (after[0] - before[0]) / total, 2) if total else float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _rss_bytes() -> int:
@@ -488,7 +467,7 @@ def run_flywheel(store_dir: str, as_of: str, bootstrap: str | None, profile_path
     gc.collect()
     rss_before = _rss_bytes()
     timers = _Timers()
-    busy0, cpu0 = _cpu_jiffies(), time.process_time()
+    busy0, cpu0 = cpu_jiffies(), time.process_time()
     with timers.installed([] if profiler else _timed_targets()):  # profiled: callees stay direct
         if profiler:
             profiler.enable()
@@ -497,11 +476,11 @@ def run_flywheel(store_dir: str, as_of: str, bootstrap: str | None, profile_path
         wall = time.perf_counter() - t0
         if profiler:
             profiler.disable()
-    cpu, busy1 = time.process_time() - cpu0, _cpu_jiffies()
+    cpu, busy1 = time.process_time() - cpu0, cpu_jiffies()
     if summary.get("status") != "checked":
         raise RuntimeError(f"run_drift_check did not check: {summary}")
     out: dict[str, Any] = {
-        "wall_s": wall, "cpu_s": cpu, "machine_busy_cores": _busy_cores(busy0, busy1),
+        "wall_s": wall, "cpu_s": cpu, "machine_busy_cores": busy_cores(busy0, busy1),
         "seconds_reported": summary["seconds"], "timers": timers.as_dict(), "rows": summary["rows"],
         # window filter, reference read, frames, summary building: what no timer covers
         "unattributed_s": wall - timers.top_level_s(),
@@ -591,9 +570,9 @@ def run_evidently(store_dir: str, as_of: str, sample: bool = True, predictions: 
     score_now, score_ref = f.pop("score_now", None), f.pop("score_ref", None)
     gc.collect()
     rss_before = _rss_bytes()
-    reset = _reset_peak_rss()
+    reset = reset_peak_rss()
     steps: dict[str, float] = {}
-    busy0, cpu0 = _cpu_jiffies(), time.process_time()
+    busy0, cpu0 = cpu_jiffies(), time.process_time()
     t = t0 = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -619,11 +598,11 @@ def run_evidently(store_dir: str, as_of: str, sample: bool = True, predictions: 
         Path(tmp, "evidently.json").write_bytes(body.encode())
     lap("write_files")
     wall = time.perf_counter() - t0
-    cpu, busy1 = time.process_time() - cpu0, _cpu_jiffies()
+    cpu, busy1 = time.process_time() - cpu0, cpu_jiffies()
     drifted = sum(1 for m in result["metrics"] if m.get("config", {}).get("type", "").endswith("ValueDrift")
                   and _is_drifted(m))
     return {
-        "wall_s": wall, "steps_s": steps, "cpu_s": cpu, "machine_busy_cores": _busy_cores(busy0, busy1),
+        "wall_s": wall, "steps_s": steps, "cpu_s": cpu, "machine_busy_cores": busy_cores(busy0, busy1),
         # what flywheel's evidently_data_drift() covers: Report.run + snapshot.dict()
         "evidently_data_drift_s": steps["data_drift_run"] + steps["snapshot_dict"],
         "frames_s_untimed": frames_s, "imports_s": imports, "rows_current": len(current),

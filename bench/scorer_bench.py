@@ -70,6 +70,7 @@ from bench.common import (
     REPO,
     RESULTS_DIR,
     Measured,
+    cpu_jiffies,
     fresh_dir,
     kafka_broker,
     markdown_table,
@@ -143,14 +144,6 @@ def _child_logging() -> None:
                         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values[:8]) - idle, sum(values[:8])
-
-
 class Span:
     """Wall time, this process's CPU time and the machine's busy cores between ``start`` and ``end``."""
 
@@ -160,11 +153,11 @@ class Span:
         self.j0 = self.j1 = (0, 0)
 
     def start(self) -> None:
-        self.t0, self.cpu0, self.j0 = time.perf_counter(), time.process_time(), _cpu_jiffies()
+        self.t0, self.cpu0, self.j0 = time.perf_counter(), time.process_time(), cpu_jiffies()
         self.end()
 
     def end(self) -> None:
-        self.t1, self.cpu1, self.j1 = time.perf_counter(), time.process_time(), _cpu_jiffies()
+        self.t1, self.cpu1, self.j1 = time.perf_counter(), time.process_time(), cpu_jiffies()
 
     def as_dict(self) -> dict[str, Any]:
         if self.t0 is None:

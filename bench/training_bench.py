@@ -61,9 +61,12 @@ from bench.common import (
     MIB,
     REPO,
     RESULTS_DIR,
+    busy_cores,
+    cpu_jiffies,
     fresh_dir,
     kafka_broker,
     markdown_table,
+    reset_peak_rss,
     run_function,
     vmhwm_bytes,
     write_results,
@@ -102,15 +105,6 @@ def _settings(store_dir: str, bootstrap: str | None = None) -> Any:
 def as_of_for(rows: int) -> datetime:
     """One hour after the last event: every event is older than the spec's label delay (10 min)."""
     return START + timedelta(seconds=rows / RATE_PER_S) + timedelta(hours=1)
-
-
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])
-    return total - idle, total
 
 
 def _openmp_threads() -> dict[str, Any]:
@@ -347,7 +341,7 @@ def run_pipeline(store_dir: str, as_of: str, bootstrap: str | None, run_id: str,
 
     lightgbm_import_s = time.perf_counter() - started
     timers = _Timers()
-    busy0 = _cpu_jiffies()
+    busy0 = cpu_jiffies()
     cpu0 = time.process_time()
     with timers.installed(_timed_targets()):
         if profiler:
@@ -364,7 +358,7 @@ def run_pipeline(store_dir: str, as_of: str, bootstrap: str | None, run_id: str,
         if profiler:
             profiler.disable()
     cpu = time.process_time() - cpu0
-    busy1 = _cpu_jiffies()
+    busy1 = cpu_jiffies()
     if undo_kafka:
         undo_kafka()
     steps = {"train_challenger_s": t1 - t0, "validate_s": t2 - t1, "promote_s": t3 - t2, "total_s": t3 - t0}
@@ -374,7 +368,7 @@ def run_pipeline(store_dir: str, as_of: str, bootstrap: str | None, run_id: str,
         "row_counts": meta["row_counts"], "best_iteration": meta["best_iteration"], "version": trained["version"],
         "validated": validated, "promoted": {k: v for k, v in promoted.items() if k != "reason"},
         "reason": promoted.get("reason"), "params": lightgbm_params(spec), "threads": _openmp_threads(),
-        "cpu_s": cpu, "machine_busy_cores": _busy_cores(busy0, busy1, t3 - t0),
+        "cpu_s": cpu, "machine_busy_cores": busy_cores(busy0, busy1),
         "champion_before": champion.version if champion else None,
         "kafka": bool(bootstrap), "lightgbm_import_s_untimed": lightgbm_import_s,
     }
@@ -383,25 +377,7 @@ def run_pipeline(store_dir: str, as_of: str, bootstrap: str | None, run_id: str,
     return out
 
 
-def _busy_cores(before: tuple[int, int], after: tuple[int, int], wall_s: float) -> float:
-    """Average number of cores the whole machine kept busy in the interval (this process included)."""
-    busy = after[0] - before[0]
-    total = after[1] - before[1]
-    cores = os.cpu_count() or 1
-    return round(cores * busy / total, 2) if total else float("nan")
-
-
 # -- contender 2: the limit ---------------------------------------------------------------------------
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def run_limit(store_dir: str, as_of: str) -> dict[str, Any]:
@@ -426,11 +402,11 @@ def run_limit(store_dir: str, as_of: str) -> dict[str, Any]:
     pa.default_memory_pool().release_unused()
     peak_incl_load = vmhwm_bytes()
     rss_arrays = vmhwm_reset = 0
-    if _reset_peak_rss():
+    if reset_peak_rss():
         vmhwm_reset = 1
         rss_arrays = vmhwm_bytes()
     params = lightgbm_params(spec)  # train_model adds num_threads only when asked: it is not, by the pipeline
-    busy0 = _cpu_jiffies()
+    busy0 = cpu_jiffies()
     cpu0 = time.process_time()
     started = time.perf_counter()
     train_set = lgb.Dataset(X_train, y_train, feature_name=names, categorical_feature=categorical,
@@ -443,9 +419,9 @@ def run_limit(store_dir: str, as_of: str) -> dict[str, Any]:
     )
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu0
-    busy1 = _cpu_jiffies()
+    busy1 = cpu_jiffies()
     return {
-        "seconds": seconds, "cpu_s": cpu, "machine_busy_cores": _busy_cores(busy0, busy1, seconds),
+        "seconds": seconds, "cpu_s": cpu, "machine_busy_cores": busy_cores(busy0, busy1),
         "best_iteration": booster.best_iteration or booster.current_iteration(),
         "iterations_run": booster.current_iteration(), "row_counts": counts, "shapes": shapes,
         "params": params, "threads": _openmp_threads(),
