@@ -229,3 +229,14 @@ def load_specs(directory: str | Path) -> list[ModelSpec]:
                 raise SpecError(spec.source, key.split()[0], f"{key!r} is also used by {seen[key]}")
             seen[key] = spec.source
     return sorted(specs, key=lambda s: s.name)
+
+
+def find_spec(directory: str | Path, name: str) -> ModelSpec:
+    """The spec called ``name`` in ``directory``, or a ConfigError listing the ones there are."""
+    from flywheel.errors import ConfigError
+
+    specs = load_specs(directory)
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise ConfigError(f"no spec named {name!r} in {directory} (there are: {', '.join(s.name for s in specs) or 'none'})")

@@ -29,11 +29,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from flywheel.demo.generator import event_stream
     from flywheel.errors import ConfigError
     from flywheel.kafka_config import check_broker, client_config
-    from flywheel.specs import load_specs
+    from flywheel.specs import find_spec
 
-    spec = next((s for s in load_specs(settings.specs_dir) if s.name == args.spec), None)
-    if spec is None or not spec.topics.labels:
-        raise ConfigError(f"no spec named {args.spec!r} with a labels topic in {settings.specs_dir}")
+    spec = find_spec(settings.specs_dir, args.spec)
+    if not spec.topics.labels:
+        raise ConfigError(f"spec {args.spec!r} has no labels topic: the demo stream needs one")
     check_broker(settings)
     span = timedelta(seconds=args.events / args.event_rate)
     start = datetime.fromisoformat(args.start) if args.start else datetime.now(UTC) - span

@@ -30,9 +30,8 @@ def _fmt_time(ts: float | None) -> str:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from flywheel.errors import ConfigError
     from flywheel.models.store import ModelStore
-    from flywheel.specs import load_specs
+    from flywheel.specs import find_spec, load_specs
     from flywheel.training import pipeline
 
     models = ModelStore(settings.open_store())
@@ -61,9 +60,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "rollback":
         print(json.dumps(pipeline.rollback(settings, args.model, args.version, reason=args.reason)))
         return 0
-    spec = next((s for s in load_specs(settings.specs_dir) if s.name == args.model), None)
-    if spec is None:
-        raise ConfigError(f"no spec named {args.model!r} in {settings.specs_dir}")
+    spec = find_spec(settings.specs_dir, args.model)
     as_of = datetime.fromisoformat(args.as_of.replace("Z", "+00:00")) if args.as_of else datetime.now(UTC)
     trained = pipeline.train_challenger(settings, spec, as_of=as_of, run_id="cli", window=args.window)
     print(json.dumps(trained, default=str))

@@ -10,7 +10,7 @@ def check(model: str, context: Any) -> dict[str, Any]:
 
     from flywheel.monitoring.control import alarms_for
     from flywheel.monitoring.drift import run_drift_check
-    from flywheel.training.task import _spec, run_time
+    from flywheel.training.task import run_time, settings_and_spec
 
     triggered = context.get("triggering_asset_events")
     trigger = "schedule"
@@ -19,7 +19,7 @@ def check(model: str, context: Any) -> dict[str, Any]:
         if not alarms:
             raise AirflowSkipException(f"the alarm that started this run concerns another model than {model}")
         trigger = f"alarm: {alarms[0]['reason']} from {alarms[0]['source']}"
-    settings, spec = _spec(model)
+    settings, spec = settings_and_spec(model)
     params = context.get("params") or {}
     summary = run_drift_check(settings, spec, run_time(context), window=params.get("window") or None,
                               trigger=trigger)
@@ -33,9 +33,9 @@ def check(model: str, context: Any) -> dict[str, Any]:
 def decide_and_alert(model: str, summary: dict[str, Any], context: Any) -> dict[str, Any]:
     from flywheel.alerts import alert
     from flywheel.monitoring.decision import decide
-    from flywheel.training.task import _spec, run_time
+    from flywheel.training.task import run_time, settings_and_spec
 
-    settings, spec = _spec(model)
+    settings, spec = settings_and_spec(model)
     decision = decide(settings.open_store(), spec, summary, run_time(context))
     for condition in decision["alerts"]:
         if condition == "data_drift":

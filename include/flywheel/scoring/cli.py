@@ -23,16 +23,13 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from flywheel.errors import ConfigError
     from flywheel.scoring.service import ScorerOptions, run_scorer
-    from flywheel.specs import load_spec, load_specs
+    from flywheel.specs import find_spec, load_spec
 
     if Path(args.spec).is_file():
         spec = load_spec(args.spec)
     else:
-        spec = next((s for s in load_specs(settings.specs_dir) if s.name == args.spec), None)
-        if spec is None:
-            raise ConfigError(f"no spec named {args.spec!r} in {settings.specs_dir}")
+        spec = find_spec(settings.specs_dir, args.spec)
     from flywheel.kafka_config import check_broker
 
     check_broker(settings)

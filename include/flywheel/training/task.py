@@ -8,16 +8,13 @@ from typing import Any
 from flywheel.specs import ModelSpec
 
 
-def _spec(model: str) -> tuple[Any, ModelSpec]:
+def settings_and_spec(model: str) -> tuple[Any, ModelSpec]:
+    """Settings from Airflow and the model's spec, read at run time (the spec may have changed)."""
     from flywheel.airflow_support import settings_from_airflow
-    from flywheel.errors import ConfigError
-    from flywheel.specs import load_specs
+    from flywheel.specs import find_spec
 
     settings = settings_from_airflow()
-    for spec in load_specs(settings.specs_dir):
-        if spec.name == model:
-            return settings, spec
-    raise ConfigError(f"no spec named {model!r} in {settings.specs_dir}")
+    return settings, find_spec(settings.specs_dir, model)
 
 
 def run_time(context: Any) -> datetime:
@@ -40,7 +37,7 @@ def train(model: str, context: Any) -> dict[str, Any]:
 
     from flywheel.training.pipeline import train_challenger
 
-    settings, spec = _spec(model)
+    settings, spec = settings_and_spec(model)
     params = context.get("params") or {}
     outcome = train_challenger(settings, spec, as_of=run_time(context), run_id=context["dag_run"].run_id,
                                window=params.get("window") or None, label_delay=params.get("label_delay") or None)
@@ -52,7 +49,7 @@ def train(model: str, context: Any) -> dict[str, Any]:
 def validate(model: str, trained: dict[str, Any]) -> dict[str, Any]:
     from flywheel.training.pipeline import validate_challenger
 
-    settings, spec = _spec(model)
+    settings, spec = settings_and_spec(model)
     return validate_challenger(settings, spec, int(trained["version"]))
 
 
@@ -62,7 +59,7 @@ def promote(model: str, validated: dict[str, Any], run_id: str) -> dict[str, Any
     from flywheel.alerts import alert
     from flywheel.training.pipeline import promote_or_reject
 
-    settings, spec = _spec(model)
+    settings, spec = settings_and_spec(model)
     outcome = promote_or_reject(settings, spec, int(validated["version"]), run_id=run_id)
     if outcome["status"] == "rejected":
         alert("rejected", model, f"challenger v{outcome['version']} rejected: {outcome['reason']}", run_id=run_id)
@@ -80,7 +77,7 @@ def roll_back(model: str, version: int, reason: str, run_id: str) -> dict[str, A
     from flywheel.models.store import ModelStoreError
     from flywheel.training.pipeline import rollback
 
-    settings, _ = _spec(model)
+    settings, _ = settings_and_spec(model)
     try:
         outcome = rollback(settings, model, version, reason=reason, run_id=run_id)
     except ModelStoreError as exc:
