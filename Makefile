@@ -60,16 +60,12 @@ demo: kafka-up
 	@$(BIN)/flywheel check --create-topics
 	@scripts/airflow.sh up
 	@scripts/airflow.sh dags
-	@echo "--- produce a synthetic card-payment stream (features, late labels, a few malformed events)"
-	@$(BIN)/flywheel produce-demo --events 20000 --prefix "d$$(date +%s)-"
-	@echo "--- drain the topics to Parquet (feature_drain, triggered over the REST API)"
-	@$(BIN)/flywheel airflow trigger feature_drain --wait
-	@echo "--- train, validate and promote (model_training_fraud)"
-	@$(BIN)/flywheel airflow trigger model_training_fraud --wait
-	@$(BIN)/flywheel models show fraud
+	@echo "--- the loop: produce -> drain -> train v1 -> score live -> drift -> monitor -> retrain v2 -> hot swap"
+	@$(BIN)/flywheel demo $(DEMO_ARGS) --summary-json .local/demo/summary.json
 	@echo
 	@echo "Airflow UI: http://127.0.0.1:$${AIRFLOW_PORT:-8080} (user admin, password in .local/airflow/admin-password)"
-	@echo "Kafka:      $(FLYWHEEL_KAFKA_BOOTSTRAP)"
+	@echo "            DAG runs, the Models view, drift reports; the scheduled DAGs keep running."
+	@echo "Kafka:      $(FLYWHEEL_KAFKA_BOOTSTRAP)   scorer log: .local/demo/scorer.log   summary: .local/demo/summary.json"
 	@echo "Stop everything with: make down"
 
 test: setup

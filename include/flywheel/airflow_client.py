@@ -111,6 +111,11 @@ class AirflowClient:
             time.sleep(2)
         raise AirflowApiError(f"{dag_id} run {run_id} did not finish within {timeout_s:.0f}s")
 
+    def runs(self, dag_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest runs of ``dag_id`` first, whoever started them (schedule, asset, user)."""
+        return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns",
+                             params={"order_by": "-id", "limit": limit})["dag_runs"]
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 

@@ -27,6 +27,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import Producer
 
     from flywheel.demo.generator import event_stream
+    from flywheel.demo.stream import MALFORMED, send
     from flywheel.errors import ConfigError
     from flywheel.kafka_config import check_broker, client_config
     from flywheel.specs import find_spec
@@ -43,16 +44,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     for i, event in enumerate(event_stream(args.events, seed=args.seed, start=start, rate_per_s=args.event_rate,
                                            drift_after=args.drift_after, prefix=args.prefix)):
         key = event.features["event_id"].encode()
-        for topic, value in ((spec.topics.features, orjson.dumps(event.features)),
-                             (spec.topics.labels, orjson.dumps(event.label))):
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+        send(producer, spec.topics.features, key, orjson.dumps(event.features))
+        send(producer, spec.topics.labels, key, orjson.dumps(event.label))
         if args.bad_every and i % args.bad_every == args.bad_every - 1:
-            producer.produce(spec.topics.features, key=b"bad", value=b'{"event_id": "broken", "amount": "lots"}')
+            send(producer, spec.topics.features, b"bad", MALFORMED)
             bad += 1
         sent += 1
         if args.rate:
@@ -68,3 +63,42 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 register("produce-demo", "produce the synthetic card-payment stream (features, late labels, drift)", _run, _add_args)
+
+
+def _add_loop_args(p: argparse.ArgumentParser) -> None:
+    from flywheel.demo.loop import DemoPlan
+
+    d = DemoPlan()
+    p.add_argument("--spec", default="fraud", help="model to run the loop for (default fraud)")
+    p.add_argument("--history", type=int, default=d.history, help="pre-drift events v1 is trained on")
+    p.add_argument("--live", type=int, default=d.live, help="pre-drift events scored live by v1")
+    p.add_argument("--drifted", type=int, default=d.drifted, help="drifted events before the monitor checks")
+    p.add_argument("--after-swap", type=int, default=d.after_swap, help="drifted events scored by v2")
+    p.add_argument("--rate", type=float, default=d.rate, help="events per second of the live stream")
+    p.add_argument("--no-reset", action="store_true",
+                   help="keep the model's topics, drained data and versions (default: start from a clean slate)")
+    p.add_argument("--summary-json", help="also write the summary to this file")
+    p.add_argument("--url", default=None, help="Airflow API URL (default FLYWHEEL_AIRFLOW_URL or :8080)")
+
+
+def _run_loop(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    from pathlib import Path
+
+    from flywheel.airflow_client import AirflowClient, default_url
+    from flywheel.demo.loop import DemoPlan, format_summary, run_loop
+    from flywheel.specs import find_spec
+
+    spec = find_spec(settings.specs_dir, args.spec)
+    plan = DemoPlan(history=args.history, live=args.live, drifted=args.drifted, after_swap=args.after_swap,
+                    rate=args.rate)
+    report = run_loop(settings, spec, plan, AirflowClient(args.url or default_url()), reset=not args.no_reset)
+    print(format_summary(report))
+    if args.summary_json:
+        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_json).write_text(json.dumps(report.as_dict(), indent=1, default=str))
+    return 0
+
+
+register("demo", "run the whole loop: produce, drain, train, score, drift, retrain, hot-swap", _run_loop,
+         _add_loop_args)
