@@ -12,7 +12,9 @@ from flywheel.settings import Settings
 def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, help="model name or spec file")
     p.add_argument("--exactly-once", action="store_true", help="Kafka transactions: each event scored exactly once")
-    p.add_argument("--compile", action="store_true", help="compile the champion to native code (lleaves)")
+    p.add_argument("--compile", action="store_true",
+                   help="also compile each champion to native code (lleaves) in a child process; the plain "
+                        "model serves until the compiled one is ready and verified")
     p.add_argument("--member-id", default="0", help="unique per process in exactly-once mode")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--metrics-interval", type=float, default=10.0)
@@ -37,7 +39,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                             batch_size=args.batch_size, metrics_interval_s=args.metrics_interval)
     metrics = run_scorer(settings, spec, options, max_events=args.max_events, max_seconds=args.max_seconds)
     print(json.dumps({"model": spec.name, "consumed": metrics.consumed, "scored": metrics.scored,
-                      "dead_lettered": metrics.dead_lettered, "swaps": metrics.swaps}))
+                      "dead_lettered": metrics.dead_lettered, "swaps": metrics.swaps, "predictor": metrics.predictor,
+                      "scored_by": metrics.scored_by, "compile_failures": metrics.compile_failures}))
     return 0
 
 

@@ -27,14 +27,22 @@ class ScorerMetrics:
     refused: int = 0
     batches: int = 0
     model_version: int | None = None
+    #: Which code scores now, ``plain`` (LightGBM) or ``compiled`` (lleaves), and how much each scored.
+    predictor: str | None = None
+    scored_by: dict[str, int] = field(default_factory=dict)
+    #: Switches to another predictor of the same version (plain -> compiled), apart from version swaps.
+    predictor_switches: int = 0
+    compile_failures: int = 0
     _window_started: float = field(default_factory=time.monotonic)
     _window_scored: int = 0
     _batch_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
     _e2e_ms: deque = field(default_factory=lambda: deque(maxlen=20000))
 
-    def record_batch(self, consumed: int, scored: int, dead: int, batch_ms: float, e2e_ms: np.ndarray) -> None:
+    def record_batch(self, consumed: int, scored: int, dead: int, batch_ms: float, e2e_ms: np.ndarray,
+                     predictor: str = "plain") -> None:
         self.consumed += consumed
         self.scored += scored
+        self.scored_by[predictor] = self.scored_by.get(predictor, 0) + scored
         self.dead_lettered += dead
         self.batches += 1
         self._window_scored += scored
@@ -57,6 +65,9 @@ class ScorerMetrics:
             "batch_ms_p50": pct(batch, 50), "batch_ms_p99": pct(batch, 99),
             "consumed": self.consumed, "scored": self.scored, "dead_lettered": self.dead_lettered,
             "swaps": self.swaps, "refused": self.refused, "batches": self.batches,
+            "predictor": self.predictor, "scored_plain": self.scored_by.get("plain", 0),
+            "scored_compiled": self.scored_by.get("compiled", 0), "predictor_switches": self.predictor_switches,
+            "compile_failures": self.compile_failures,
         }
         self._window_started, self._window_scored = time.monotonic(), 0
         self._batch_ms.clear()
@@ -65,9 +76,9 @@ class ScorerMetrics:
 
     def publish(self, producer: Any, topic: str) -> dict[str, Any]:
         snap = self.snapshot()
-        log.info("scorer %s v%s: %.0f ev/s, e2e p50 %s ms p99 %s ms, scored %d, dlq %d, swaps %d",
-                 self.model, self.model_version, snap["events_per_s"], snap["e2e_ms_p50"], snap["e2e_ms_p99"],
-                 self.scored, self.dead_lettered, self.swaps)
+        log.info("scorer %s v%s (%s): %.0f ev/s, e2e p50 %s ms p99 %s ms, scored %d, dlq %d, swaps %d",
+                 self.model, self.model_version, self.predictor, snap["events_per_s"], snap["e2e_ms_p50"],
+                 snap["e2e_ms_p99"], self.scored, self.dead_lettered, self.swaps)
         try:
             producer.produce(topic, key=self.model.encode(), value=json.dumps(snap).encode())
         except Exception as exc:  # metrics must never stop scoring

@@ -1,17 +1,18 @@
 """The champion as the scorer serves it: loaded once, verified before it may score a single event.
 
 Verification refuses a version whose file fails its checksum, whose features differ from the spec,
-or whose smoke prediction is not a finite probability; with ``compile`` the model is turned into
-native code by lleaves and must agree with LightGBM to 1e-9 before it is used.
+or whose smoke prediction is not a finite probability. What is loaded here is always the plain
+LightGBM model, ready in a fraction of a second; the lleaves-compiled predictor of the same version is
+prepared later, in another process (``flywheel.scoring.compiler``), and must agree with these smoke
+predictions to 1e-9 before it replaces the plain one.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,22 @@ class ServingModel:
     predict: Callable[[np.ndarray], np.ndarray]
     compiled: bool
     load_seconds: float
+    #: The verified model file: what the compiler compiles, so it never reads the store again.
+    source: bytes = field(default=b"", repr=False)
+    #: Smoke rows and the plain model's scores on them: the reference a compiled predictor must match.
+    check_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    check_scores: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    #: Compiled predictors: whether the object came from the local cache (no compile at all).
+    from_cache: bool = False
 
     @property
     def feature_names(self) -> list[str]:
         return [e["name"] for e in self.schema]
+
+    @property
+    def predictor(self) -> str:
+        """``plain`` (LightGBM) or ``compiled`` (lleaves): which code scores, shown in the metrics."""
+        return "compiled" if self.compiled else "plain"
 
 
 def _smoke_rows(models: ModelStore, spec: ModelSpec, version: int, n_features: int) -> np.ndarray:
@@ -60,23 +73,11 @@ def _smoke_rows(models: ModelStore, spec: ModelSpec, version: int, n_features: i
         return np.zeros((4, n_features))
 
 
-def _compile(text: bytes, sha: str, cache_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
-    import lleaves
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", suffix=".txt", dir=cache_dir, delete=False) as f:
-        f.write(text)
-        model_file = f.name
-    try:
-        compiled = lleaves.Model(model_file=model_file)
-        compiled.compile(cache=str(cache_dir / f"{sha}.so"))
-    finally:
-        Path(model_file).unlink(missing_ok=True)
-    return lambda X: compiled.predict(X, n_jobs=1)
-
-
 def load_serving_model(models: ModelStore, spec: ModelSpec, version: int, *, compile_model: bool = False,
                        cache_dir: Path | None = None) -> ServingModel:
+    """The verified plain model; with ``compile_model`` the verified compiled one, compiled here and now
+    (in a child process, through the cache in ``cache_dir``) for callers that can wait, such as
+    benchmarks. The scorer never waits: its watcher swaps the plain model in and compiles afterwards."""
     import lightgbm as lgb
 
     started = time.perf_counter()
@@ -105,16 +106,12 @@ def load_serving_model(models: ModelStore, spec: ModelSpec, version: int, *, com
     reference = np.asarray(plain(rows), dtype=np.float64)
     if not np.all(np.isfinite(reference)) or reference.min() < 0 or reference.max() > 1:
         raise ModelRefused(f"{spec.name} v{version}: smoke prediction is not a probability ({reference[:4]})")
-    predict = plain
+    model = ServingModel(spec.name, version, meta["sha256"], schema, plain, False, time.perf_counter() - started,
+                         source=text, check_rows=rows, check_scores=reference)
+    log.info("%s v%d loaded and verified in %.2fs", spec.name, version, model.load_seconds)
     if compile_model:
-        compiled = _compile(text, meta["sha256"], cache_dir or Path(tempfile.gettempdir()) / "flywheel-lleaves")
-        diff = float(np.max(np.abs(np.asarray(compiled(rows)) - reference)))
-        if diff > COMPILED_TOLERANCE:
-            raise ModelRefused(f"{spec.name} v{version}: compiled model disagrees with LightGBM by {diff:.2e}")
-        predict = compiled
-    model = ServingModel(spec.name, version, meta["sha256"], schema, predict, compile_model,
-                         time.perf_counter() - started)
-    log.info("%s v%d loaded and verified in %.2fs%s", spec.name, version, model.load_seconds,
-             " (compiled)" if compile_model else "")
+        from flywheel.scoring.compiler import CompileJob, default_cache_dir
+
+        return CompileJob(model, cache_dir or default_cache_dir()).run()
     return model
 

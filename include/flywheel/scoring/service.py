@@ -90,12 +90,20 @@ class Scorer:
         return False
 
     def _swap(self, model: ServingModel) -> None:
-        previous = self.model.version if self.model else None
+        """Between two batches: a new version, or the compiled predictor of the version that serves."""
+        previous = self.model
         self.model = model
         self.metrics.model_version = model.version
+        self.metrics.predictor = model.predictor
+        if previous is not None and previous.version == model.version:
+            self.metrics.predictor_switches += 1
+            log.info("%s: v%d now scored by the %s predictor (was %s)", self.spec.name, model.version,
+                     model.predictor, previous.predictor)
+            return
         if previous is not None:
             self.metrics.swaps += 1
-        log.info("%s: now scoring with v%d (was v%s)", self.spec.name, model.version, previous)
+        log.info("%s: now scoring with v%d, %s predictor (was v%s)", self.spec.name, model.version, model.predictor,
+                 previous.version if previous else None)
 
     def _clients(self) -> tuple[Any, Any, Any]:
         from confluent_kafka import Consumer, Producer
@@ -141,6 +149,7 @@ class Scorer:
                     self._process(consumer, producer, messages)
                 if time.monotonic() >= next_metrics:
                     self.metrics.refused = len(self.watcher.refused)
+                    self.metrics.compile_failures = len(self.watcher.compile_failed)
                     self.metrics.publish(side, self.settings.metrics_topic)
                     side.poll(0)
                     next_metrics = time.monotonic() + self.options.metrics_interval_s
@@ -268,7 +277,8 @@ class Scorer:
                     log.warning("abort_transaction failed: %s", abort_error)
             raise
         e2e = np.concatenate(latencies) if latencies else np.empty(0)
-        self.metrics.record_batch(consumed, scored, dead, (time.perf_counter() - started) * 1000, e2e)
+        self.metrics.record_batch(consumed, scored, dead, (time.perf_counter() - started) * 1000, e2e,
+                                  predictor=model.predictor)
 
     def _produce_predictions(self, producer: Any, table: Any, scores: np.ndarray, version: int, now_ms: int,
                              on_delivery: Any) -> None:

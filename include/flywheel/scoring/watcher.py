@@ -6,6 +6,11 @@ An event is only a wake-up call: the pointer is re-read from the store, the sour
 late or replayed event can never swap an old version back in. A new version is loaded and verified
 in this background thread; the scoring loop only picks up a
 ready model between two batches, so no event is scored half by one model and half by another.
+
+With ``compile_model`` the verified plain model is offered at once (a swap must not wait seconds for a
+compile), and a ``CompileJob`` on a thread of its own then prepares the compiled predictor of the same
+version, offered the same way when it is ready. A compile that fails leaves the plain model serving;
+one overtaken by a newer version is cancelled, and its result is never offered.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 from flywheel.kafka_config import client_config
 from flywheel.models.store import ModelStore
+from flywheel.scoring.compiler import CompileCancelled, CompileFailed, CompileJob, default_cache_dir
 from flywheel.scoring.model import ModelRefused, ServingModel, load_serving_model
 from flywheel.settings import Settings
 from flywheel.specs import ModelSpec
@@ -39,7 +45,10 @@ class ChampionWatcher(threading.Thread):
         self.current_version: int | None = None
         #: version -> why it was refused; a refused version is not retried until it is announced again.
         self.refused: dict[int, str] = {}
+        #: version -> why no compiled predictor could be made for it (the plain model serves it).
+        self.compile_failed: dict[int, str] = {}
         self.last_event_at: float | None = None
+        self._compile_job: CompileJob | None = None
 
     # -- the scoring loop's side ----------------------------------------------------------------------
 
@@ -47,12 +56,15 @@ class ChampionWatcher(threading.Thread):
         """The verified model waiting to be swapped in, if any (called between batches)."""
         with self._lock:
             model, self._pending = self._pending, None
-        if model is not None:
-            self.current_version = model.version
+            if model is not None:
+                self.current_version = model.version
         return model
 
     def stop(self) -> None:
         self._stop_event.set()
+        job = self._compile_job
+        if job is not None:
+            job.cancel()
 
     # -- the background side --------------------------------------------------------------------------
 
@@ -64,8 +76,7 @@ class ChampionWatcher(threading.Thread):
                 return
         log.info("%s: champion v%d announced by %s; loading", self.spec.name, version, source)
         try:
-            model = load_serving_model(self.models, self.spec, version, compile_model=self.compile_model,
-                                       cache_dir=self.cache_dir)
+            model = load_serving_model(self.models, self.spec, version)  # plain: compiled later, off this path
         except ModelRefused as exc:
             self.refused[version] = str(exc)
             log.error("%s: refused v%d, still serving v%s: %s", self.spec.name, version, self.current_version, exc)
@@ -75,12 +86,52 @@ class ChampionWatcher(threading.Thread):
             threading.Thread(target=alert, args=("rejected", self.spec.name, f"scorer refused v{version}: {exc}"),
                              name="scorer-alert", daemon=True).start()
             return
-        except Exception as exc:  # the store or the compiler failed, not the model: try again later
+        except Exception as exc:  # the store failed, not the model: try again later
             log.warning("%s: could not load v%d (%s); trying again on the next poll or event", self.spec.name,
                         version, exc)
             return
         with self._lock:
             self._pending = model
+        if self.compile_model:
+            self._compile_later(model)
+
+    # -- the compiled predictor -------------------------------------------------------------------------
+
+    def _compile_later(self, model: ServingModel) -> None:
+        """Start preparing ``model``'s compiled predictor; a job still busy with an older version is cancelled."""
+        previous = self._compile_job
+        if previous is not None:
+            previous.cancel()
+        job = CompileJob(model, self.cache_dir or default_cache_dir())
+        self._compile_job = job
+        threading.Thread(target=self._compile, args=(job,), name=f"compile-{self.spec.name}-v{model.version}",
+                         daemon=True).start()
+
+    def _compile(self, job: CompileJob) -> None:
+        try:
+            compiled = job.run()
+        except CompileCancelled:
+            return
+        except CompileFailed as exc:
+            self._compile_failed(job.version, str(exc))
+            return
+        except Exception as exc:  # whatever lleaves or LLVM raised: still no reason to stop scoring
+            log.exception("compiling v%d failed unexpectedly", job.version)
+            self._compile_failed(job.version, f"{type(exc).__name__}: {exc}")
+            return
+        with self._lock:
+            # Only for the version that serves, or waits to: a newer one may have arrived meanwhile.
+            if self._pending is not None:
+                if self._pending.version != compiled.version:
+                    return
+            elif self.current_version != compiled.version:
+                return
+            self._pending = compiled
+
+    def _compile_failed(self, version: int, reason: str) -> None:
+        self.compile_failed[version] = reason
+        log.error("%s: no compiled predictor for v%d, the plain model keeps serving it: %s", self.spec.name,
+                  version, reason)
 
     def poll_store(self) -> None:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from flywheel.demo.generator import event_stream
 from flywheel.drain import drain_topic
 from flywheel.kafka_config import client_config, ensure_topics
+from flywheel.models.events import publish_model_event
+from flywheel.models.store import ModelStore
 from flywheel.settings import Settings
 from flywheel.specs import load_spec
 from flywheel.training import pipeline
@@ -183,6 +186,49 @@ def cli_environment(settings: Settings, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+# -- extra versions ----------------------------------------------------------------------------------
+
+
+def copy_version(env: FlywheelEnv, source: int, *, model_text: bytes | None = None, **metadata_changes: Any) -> int:
+    """A new version holding ``source``'s model file (or ``model_text``) and metadata (with changes): a
+    quick good version, or with another feature schema a bad one. (Training needs the drained data of
+    the spec's topics.)"""
+    models = ModelStore(env.store)
+    meta = models.get_version(env.spec.name, source).metadata
+    meta = {k: v for k, v in meta.items() if k not in ("model", "version", "files", "sha256", "location")}
+    version = models.claim_version(env.spec.name, owner="test")
+    models.write_version(env.spec.name, version, model_text or models.load_file(env.spec.name, source),
+                         {**meta, **metadata_changes},
+                         extra_files={"reference.parquet": models.load_file(env.spec.name, source, "reference.parquet")})
+    return version
+
+
+def model_variant(text: bytes) -> bytes:
+    """The same model with the last digit of its first leaf value changed: another file (another sha256,
+    so nothing cached for it), still a valid model of the same byte length (the header's tree_sizes)."""
+    start = text.index(b"leaf_value=") + len(b"leaf_value=")
+    end = start + re.search(rb"[ \n]", text[start:]).start()  # type: ignore[union-attr]
+    last = text[end - 1:end]
+    assert last.isdigit(), text[start:end]
+    changed = b"7" if last != b"7" else b"3"
+    return text[:end - 1] + changed + text[end:]
+
+
+def force_champion(env: FlywheelEnv, version: int) -> None:
+    """Point the champion at ``version`` without any gate, and announce it, as a bad actor or bug could
+    (or as ``promote_or_reject`` does after its gates)."""
+    models = ModelStore(env.store)
+    _, etag = models.champion_with_etag(env.spec.name)
+    previous = models.set_champion(env.spec.name, version, expected_etag=etag, action="promote").previous
+    publish_model_event(env.settings, pipeline.model_event(models, env.spec.name, version, "promote", previous, {}))
+
+
+def model_event_ms(env: FlywheelEnv, version: int) -> int:
+    """The broker timestamp of the model event announcing ``version``."""
+    return [m for m in read_topic(env.settings.kafka_bootstrap, env.settings.model_events_topic)
+            if orjson.loads(m.value())["version"] == version][-1].timestamp()[1]
 
 
 # -- reading topics --------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Every event gets exactly one prediction (``--exactly-once``, as a read_committed consumer sees the
 predictions topic) or at least one (default) across a model swap, a graceful restart, a SIGKILL while
 events flow, and a second member joining the group; a bad model is refused while scoring goes on with
-the current one; the compiled model scores like the plain one.
+the current one. The compiled predictor has its own tests (test_scorer_compiled.py).
 
 Each test starts from a copy of one prepared champion (see conftest: v1 is the champion, v2 a trained
 candidate) on fresh topics, and produces live events at a steady rate while it changes something.
@@ -37,11 +37,12 @@ from tests.integration.scoring.conftest import (
     FirstArrival,
     SteadyProducer,
     committed_offsets,
+    copy_version,
     end_offsets,
+    force_champion,
     live_events,
     read_topic,
     run_in_thread,
-    spec_variant,
     wait_until,
 )
 
@@ -342,27 +343,6 @@ def test_metrics_of_an_idle_scorer_are_valid_json(scoring_env, read_all):
 # -- 5. a bad model is refused while scoring continues -----------------------------------------------
 
 
-def _copy_version(env: Any, source: int, **metadata_changes: Any) -> int:
-    """A new version holding ``source``'s model file and metadata (with changes): a quick good version,
-    or with another feature schema a bad one. (Training needs the drained data of the spec's topics.)"""
-    models = ModelStore(env.store)
-    meta = models.get_version(env.spec.name, source).metadata
-    meta = {k: v for k, v in meta.items() if k not in ("model", "version", "files", "sha256", "location")}
-    version = models.claim_version(env.spec.name, owner="test")
-    models.write_version(env.spec.name, version, models.load_file(env.spec.name, source),
-                         {**meta, **metadata_changes},
-                         extra_files={"reference.parquet": models.load_file(env.spec.name, source, "reference.parquet")})
-    return version
-
-
-def _force_champion(env: Any, version: int) -> None:
-    """Point the champion at ``version`` without any gate, and announce it, as a bad actor or bug could."""
-    models = ModelStore(env.store)
-    _, etag = models.champion_with_etag(env.spec.name)
-    previous = models.set_champion(env.spec.name, version, expected_etag=etag, action="promote").previous
-    publish_model_event(env.settings, pipeline.model_event(models, env.spec.name, version, "promote", previous, {}))
-
-
 def test_bad_models_are_refused_while_v1_keeps_scoring(scoring_env, prediction_log):
     env = scoring_env()
     name = env.spec.name
@@ -381,15 +361,15 @@ def test_bad_models_are_refused_while_v1_keeps_scoring(scoring_env, prediction_l
         # v2 (a trained candidate) has its model file changed after it was written.
         key = models.version_key(name, 2, "model.txt")
         env.store.put(key, env.store.get(key).replace(b"learning_rate", b"learning_rat3"))
-        _force_champion(env, 2)
+        force_champion(env, 2)
         wait_until(lambda: 2 in scorer.watcher.refused, 10, "v2 to be refused")
         assert "checksum mismatch" in scorer.watcher.refused[2]
 
         # v3: v1's model file, intact, but with a feature the spec does not have.
         schema = [dict(e, name="amount_eur") if e["name"] == "amount" else e
                   for e in models.get_version(name, 1).metadata["feature_schema"]]
-        v3 = _copy_version(env, 1, feature_schema=schema)
-        _force_champion(env, v3)
+        v3 = copy_version(env, 1, feature_schema=schema)
+        force_champion(env, v3)
         wait_until(lambda: v3 in scorer.watcher.refused, 10, "v3 to be refused")
         assert "differ from the spec" in scorer.watcher.refused[v3]
         assert models.champion(name).version == v3  # the pointer says v3; the scorer still serves v1
@@ -461,7 +441,7 @@ def test_a_refusal_does_not_hold_up_the_next_swap(scoring_env, prediction_log, s
     alert is delivered on the watcher's own thread, so a Slack webhook that does not answer (here: a
     local socket that accepts and stays silent) holds every later model event up for its timeout."""
     env = scoring_env()
-    assert _copy_version(env, 1) == 3  # a good model
+    assert copy_version(env, 1) == 3  # a good model
     models = ModelStore(env.store)
     key = models.version_key(env.spec.name, 2, "model.txt")
     env.store.put(key, env.store.get(key).replace(b"learning_rate", b"learning_rat3"))
@@ -475,9 +455,9 @@ def test_a_refusal_does_not_hold_up_the_next_swap(scoring_env, prediction_log, s
         producer.start()
         log = prediction_log(env)
         wait_until(lambda: len(log.refresh(complete=False).by_id) >= 300, 30, "the first 300 predictions")
-        _force_champion(env, 2)
+        force_champion(env, 2)
         wait_until(lambda: "refused v2" in scorer.log(), 10, "v2 to be refused")
-        _force_champion(env, 3)
+        force_champion(env, 3)
         published_ms = [m for m in read_topic(env.settings.kafka_bootstrap, env.settings.model_events_topic)
                         if orjson.loads(m.value())["version"] == 3][0].timestamp()[1]
         budget_ms = swap_budget_ms(env)
@@ -497,33 +477,3 @@ def test_a_refusal_does_not_hold_up_the_next_swap(scoring_env, prediction_log, s
     assert first is not None and first - published_ms < budget_ms, (
         f"the first v3 prediction {late} after v3's promotion event: the watcher was still delivering the "
         f"alert about v2 to a Slack webhook that does not answer")
-
-
-# -- 6. the compiled model scores like the plain one ------------------------------------------------
-
-
-def test_compiled_model_agrees_with_plain_model(scoring_env, read_all):
-    env = scoring_env()
-    events = live_events(2000, seed=23)
-    env.produce_json(env.spec.topics.features, events)
-    plain = Scorer(env.settings, env.spec, ScorerOptions(poll_interval_s=300))
-    plain.run(max_events=len(events), max_seconds=60)
-    assert plain.metrics.scored == len(events) and not plain.model.compiled
-
-    # Same events, same champion, another consumer group, another predictions topic.
-    compiled_spec = spec_variant(env, topics__predictions=f"{env.spec.topics.predictions}.compiled")
-    compiled_settings = env.settings.with_overrides(group_prefix=f"{env.settings.group_prefix}-compiled")
-    compiled = Scorer(compiled_settings, compiled_spec, ScorerOptions(poll_interval_s=300, compile_model=True))
-    compiled.run(max_events=len(events), max_seconds=180)
-    assert compiled.metrics.scored == len(events) and compiled.model.compiled
-
-    def scores(topic: str) -> dict[str, float]:
-        values = [orjson.loads(m.value()) for m in read_all(env.settings.kafka_bootstrap, topic)]
-        assert {v["model_version"] for v in values} == {"1"}
-        return {v["event_id"]: v["score"] for v in values}
-
-    reference, native = scores(env.spec.topics.predictions), scores(compiled_spec.topics.predictions)
-    assert reference.keys() == native.keys() == {e["event_id"] for e in events}
-    worst = max(abs(reference[k] - native[k]) for k in reference)
-    print(f"\ncompiled vs plain: max |score difference| {worst:.2e} over {len(reference)} events")
-    assert worst <= 1e-9
