@@ -68,8 +68,13 @@ demo: kafka-up
 	@echo "Kafka:      $(FLYWHEEL_KAFKA_BOOTSTRAP)   scorer log: .local/demo/scorer.log   summary: .local/demo/summary.json"
 	@echo "Stop everything with: make down"
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# Headless Chromium for the Models view's browser test: Debian's package, installed only if missing.
+.PHONY: browser
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 test-unit: setup
 	$(BIN)/python -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)

@@ -29,4 +29,5 @@ pytest_plugins = [
     "tests.fixtures.airflow_env",
     "tests.fixtures.airflow_standalone",
     "tests.fixtures.alert_sinks",
+    "tests.fixtures.browser",
 ]
