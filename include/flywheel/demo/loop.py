@@ -265,7 +265,9 @@ def run_loop(settings: Settings, spec: ModelSpec, plan: DemoPlan, client: Airflo
         say("count", f"{report.counts['drained']:,} of {report.counts['produced']:,} events drained "
                      f"({report.counts['drain_duplicates']} duplicates), {report.counts['scored']:,} scored "
                      f"({report.counts['score_missing']} missing), {report.counts['rejected']} rejected")
-        report.versions = [{"version": v.version, "status": v.status, "auc": v.metrics.get("auc")}
+        champion = models.champion(name)
+        report.versions = [{"version": v.version, "status": v.status, "auc": v.metrics.get("auc"),
+                            "champion": champion is not None and champion.version == v.version}
                            for v in models.versions(name)]
     finally:
         if stream is not None and stream.is_alive():
@@ -337,8 +339,8 @@ def format_summary(report: DemoReport) -> str:
         f"{c.get('drained', 0):,} (missing {c.get('drain_missing', 0)}, duplicated {c.get('drain_duplicates', 0)}) | "
         f"scored {c.get('scored', 0):,} (missing {c.get('score_missing', 0)}, duplicated "
         f"{c.get('score_duplicates', 0)}) | rejected {c.get('rejected', 0)}",
-        "models      " + ", ".join(f"v{v['version']} {v['status']} (holdout AUC {_fmt(v['auc'])})"
-                                   for v in report.versions),
+        "models      " + ", ".join(f"v{v['version']} {v['status']}{', champion' if v.get('champion') else ''} "
+                                   f"(holdout AUC {_fmt(v['auc'])})" for v in report.versions),
         f"live AUC    before drift {_fmt(before)} | after drift on v1 {_fmt(auc.get('after_drift_v1'))} | "
         f"after swap to v2 {_fmt(after)}{recovery}",
         f"drift       {len(drift.get('drifted_columns') or [])} features drifted, detected "
