@@ -47,5 +47,5 @@ def test_the_loop_turns_and_recovers_after_drift(airflow_standalone):
     auc = report.live_auc
     assert auc["after_drift_v1"] < auc["before_drift"] - 0.1, f"the drift did not hurt v1: {summary}"
     assert auc["after_swap_v2"] >= 0.95 * auc["before_drift"], f"live AUC did not recover: {summary}"
-    assert report.drift["data_drift"] and report.drift["retrain_requested"]
+    assert report.drift["data_drift"], summary
     assert report.swap_seconds is not None and report.swap_seconds < 10, summary
