@@ -56,6 +56,8 @@ class Scorer:
         self.metrics = ScorerMetrics(spec.name)
         self.model: ServingModel | None = None
         self._failures = 0
+        #: Delivery failures reported since the batch in hand started (the producer's one callback).
+        self._delivery_errors: list[str] = []
         #: Latest committed position per partition, committed once more synchronously at shutdown.
         self._last_offsets: dict[tuple[str, int], Any] = {}
         self.stopping = threading.Event()
@@ -113,8 +115,10 @@ class Scorer:
             "client.id": f"flywheel-scorer-{self.spec.name}-{self.options.member_id}",
             "fetch.wait.max.ms": 10, "max.poll.interval.ms": 300000}))
         # Delivery reports only for failures: a Python callback per prediction costs more than the produce.
+        # One callback for the producer, not one passed with each produce: that costs ~0.4 µs per event.
         producer_config = client_config(self.settings, "producer", **{"linger.ms": 2, "compression.type": "lz4",
                                                                       "delivery.report.only.error": True})
+        producer_config["on_delivery"] = self._on_delivery  # after client_config, which would turn _ into .
         if self.options.exactly_once:
             producer_config["transactional.id"] = f"{self.group_id}-{self.options.member_id}"
         producer = Producer(producer_config)
@@ -164,6 +168,10 @@ class Scorer:
             consumer.close()  # leaves the group: the others take over its partitions at once
         log.info("%s scorer stopped: %s", self.spec.name, self.metrics.snapshot())
         return self.metrics
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._delivery_errors.append(err.str())
 
     def _revoked(self, partitions: list[Any]) -> None:
         """Forget revoked partitions: their new owner commits them from now on."""
@@ -218,12 +226,8 @@ class Scorer:
         model = self.model
         assert model is not None
         topic = self.spec.topics.features
-        errors: list[str] = []
-
-        def on_delivery(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(err.str())
-
+        errors = self._delivery_errors
+        errors.clear()
         eos = self.options.exactly_once
         if eos:
             producer.begin_transaction()
@@ -242,12 +246,12 @@ class Scorer:
                     now_ms = int(time.time() * 1000)
                     source_ms = table.column("_timestamp").cast("int64").to_numpy()
                     latencies.append(now_ms - source_ms)
-                    self._produce_predictions(producer, table, scores, model.version, now_ms, on_delivery)
+                    self._produce_predictions(producer, table, scores, model.version, now_ms)
                     scored += table.num_rows
                 if decoded.rejected:
                     headers_by_offset = {m.offset(): m.headers() or [] for m in batch}
                     for r in decoded.rejected:
-                        producer.produce(self.dlq_topic, value=r.value, key=r.key, on_delivery=on_delivery,
+                        producer.produce(self.dlq_topic, value=r.value, key=r.key,
                                          headers=[*headers_by_offset.get(r.offset, []),
                                                   ("flywheel.stage", b"scorer"),
                                                   ("flywheel.source.topic", topic.encode()),
@@ -280,8 +284,7 @@ class Scorer:
         self.metrics.record_batch(consumed, scored, dead, (time.perf_counter() - started) * 1000, e2e,
                                   predictor=model.predictor)
 
-    def _produce_predictions(self, producer: Any, table: Any, scores: np.ndarray, version: int, now_ms: int,
-                             on_delivery: Any) -> None:
+    def _produce_predictions(self, producer: Any, table: Any, scores: np.ndarray, version: int, now_ms: int) -> None:
         """One prediction per event. Columns are converted in bulk (event times formatted by Arrow), so
         the per-event Python work is one small dict, one orjson call and one produce."""
         import pyarrow.compute as pc
@@ -306,7 +309,7 @@ class Scorer:
             payload = dumps(value)
             while True:
                 try:
-                    produce(topic, payload, keys[i], on_delivery=on_delivery)
+                    produce(topic, payload, keys[i])
                     break
                 except BufferError:  # the local queue is full: let librdkafka send, then go on
                     producer.poll(0.05)
