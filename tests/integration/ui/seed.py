@@ -44,7 +44,21 @@ def _gates(auc: float, passed: bool) -> list[dict]:
     ]
 
 
-def seed_models(store: ObjectStore, model: str = "fraud", *, with_report: bool = True) -> Seeded:
+def evidently_report_html(rows: int = 400) -> str:
+    """A real (small) Evidently drift report, as the drift check stores it: self-contained HTML and scripts."""
+    import numpy as np
+    import pandas as pd
+    from flywheel.monitoring.drift import evidently_data_drift
+
+    rng = np.random.default_rng(7)
+    reference = pd.DataFrame({"amount": rng.normal(50, 10, rows), "ip_risk": rng.random(rows)})
+    current = pd.DataFrame({"amount": rng.normal(80, 10, rows), "ip_risk": rng.random(rows)})
+    snapshot, _ = evidently_data_drift(current, reference, ["amount", "ip_risk"])
+    return snapshot.get_html_str(as_iframe=False)
+
+
+def seed_models(store: ObjectStore, model: str = "fraud", *, with_report: bool = True,
+                report_html: str = REPORT_HTML) -> Seeded:
     """Three versions (v_a promoted, v_b promoted and champion, v_c rejected), history and one report."""
     models = ModelStore(store)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -81,7 +95,7 @@ def seed_models(store: ObjectStore, model: str = "fraud", *, with_report: bool =
                    "window": {"start": (now - timedelta(hours=1)).isoformat(), "end": now.isoformat()},
                    "drift_share": 0.375, "drifted_columns": ["amount", "hour_of_day", "ip_risk"],
                    "data_drift": True, "quality_drop": False, "auc_drop": None}
-        store.put(prefix + "drift.html", REPORT_HTML.encode())
+        store.put(prefix + "drift.html", report_html.encode())
         store.put(prefix + "summary.json", json.dumps(summary).encode())
         store.put(prefix + "evidently.json", b'{"metrics": []}')
         store.put(state_key(model), json.dumps({"last_retrain_request": time.time() - 60, "last_alert": {},

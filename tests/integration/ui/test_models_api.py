@@ -172,6 +172,7 @@ def test_report_links_cannot_reach_anything_but_stored_report_files(make_client,
 def test_a_traversal_in_the_raw_request_path_is_refused(make_client, seeded_local):
     """Send '..' segments unnormalised (a client may not clean them up): the app still serves nothing."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from flywheel.ui.app import create_app
 
@@ -200,7 +201,8 @@ def test_a_traversal_in_the_raw_request_path_is_refused(make_client, seeded_loca
 
     for raw in ["/files/reports/../models/fraud/champion.json", "/files/../../etc/passwd",
                 "/files/reports/fraud/v000002/../../../models/fraud/versions/000001/model.txt"]:
-        status, body = asyncio.run(call(raw))
+        with ThreadPoolExecutor(1) as pool:  # a loop of its own, whatever else runs in this process
+            status, body = pool.submit(asyncio.run, call(raw)).result(timeout=60)
         assert status in (400, 404), raw
         assert b"version=" not in body and b"root:" not in body
 
@@ -300,3 +302,35 @@ def test_scorer_lag_comes_from_the_latest_metrics_snapshot(make_client, tmp_path
     assert body["known"] is True, body
     assert body["members"] == 2 and body["e2e_ms_p99"] == 61.5 and body["events_per_s"] == 2000.0
     assert body["model_versions"] == [2]
+
+
+def test_a_user_who_may_not_read_the_training_dag_sees_nothing_of_the_model(make_client, seeded_local, monkeypatch):
+    """Authorization is Airflow's: a model is visible to whoever may read model_training_<model>."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    settings, seeded = seeded_local
+    manager = type(get_auth_manager())
+    asked = []
+
+    def is_authorized_dag(self, *, method, user, access_entity=None, details=None):
+        asked.append((method, details.id if details else None))
+        return details is None or details.id != "model_training_fraud"
+
+    monkeypatch.setattr(manager, "is_authorized_dag", is_authorized_dag)
+    client = make_client(settings)
+    assert client.get("/api/models").json() == {"models": []}
+    for path in ["/models/fraud", "/api/models/fraud", "/api/models/fraud/scorer", *_report_routes(seeded)]:
+        response = client.get(path)
+        assert response.status_code == 403, path
+        assert "0.931" not in response.text and "evidently-title" not in response.text
+    assert ("GET", "model_training_fraud") in asked
+
+
+def test_pages_carry_a_strict_content_security_policy(make_client, seeded_local):
+    settings, _ = seeded_local
+    response = make_client(settings).get("/models/fraud")
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'self'" in csp and "unsafe-inline' 'unsafe-eval" not in csp
+    assert response.headers["cache-control"] == "no-store"
+    script = make_client(settings, token=None).get("/static/models.js")
+    assert script.status_code == 200 and "rollback" in script.text  # code, not data: served without a session
