@@ -53,15 +53,26 @@ class StoreUnreachable(FlywheelError):
     """The model store did not answer (in time); the page says so instead of failing."""
 
 
+_SETTINGS_TTL_S = 30.0
+_settings_cache: list[tuple[float, Settings]] = []
+
+
 def default_settings() -> Settings:
-    """Settings as DAG tasks see them (Airflow connections overlaid), else from the environment."""
+    """Settings as DAG tasks see them (Airflow connections overlaid), else from the environment.
+
+    Kept for half a minute: connection lookups may go to a secrets backend, and a page asks several times.
+    """
+    if _settings_cache and time.monotonic() - _settings_cache[0][0] < _SETTINGS_TTL_S:
+        return _settings_cache[0][1]
     try:
         from flywheel.airflow_support import settings_from_airflow
 
-        return settings_from_airflow()
+        settings = settings_from_airflow()
     except Exception as exc:  # outside Airflow, or connections not readable from the API server
         log.debug("Models view: Airflow connections not used: %s", exc)
-        return Settings.from_env()
+        settings = Settings.from_env()
+    _settings_cache[:] = [(time.monotonic(), settings)]
+    return settings
 
 
 def _templates() -> Any:
