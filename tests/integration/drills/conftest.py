@@ -40,7 +40,7 @@ from flywheel.kafka_config import ensure_topics
 from flywheel.settings import Settings
 from flywheel.specs import load_spec
 
-from tests.fixtures.kafka_broker import Broker, free_port
+from tests.fixtures.kafka_broker import REPO, Broker, free_port
 from tests.fixtures.stores import FlywheelEnv, write_spec
 from tests.integration.scoring.conftest import (
     START,
@@ -51,7 +51,7 @@ from tests.integration.scoring.conftest import (
 )
 
 #: History the template champion is trained on: event times START.. at 2/s, all before TRAINING_AS_OF.
-HISTORY = 4000
+HISTORY = 3000
 #: A SIGKILL'd scorer's group membership outlives it by session.timeout.ms; the broker's minimum keeps
 #: the restarts short (the default, 45 s, would be most of a drill).
 SHORT_SESSION = {"FLYWHEEL_KAFKA__SESSION_TIMEOUT_MS": "6000", "FLYWHEEL_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
@@ -92,8 +92,46 @@ class DrillBroker:
         wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, "the killed broker to go")
 
     def start(self) -> None:
-        """Start again on the same ports with the same data dir (offsets survive)."""
-        self.broker.run_script("up")
+        """Start (again) on the same ports with the same data dir (offsets survive).
+
+        ``kafka.sh up`` checks its pid file right after backgrounding ``nohup java``; on a busy machine
+        that check can run before the child has become java, and the script then reports "broker exited
+        during start", deletes its pid file and exits 1 while the broker goes on starting. A broker of
+        this data dir that is running is adopted (pid file written back) instead of left orphaned.
+        """
+        try:
+            self.broker.run_script("up")
+        except subprocess.CalledProcessError:
+            pids = self._running_brokers()
+            if not pids:
+                raise
+            assert self.broker.data_dir is not None
+            (self.broker.data_dir / "broker.pid").write_text(f"{pids[0]}\n")
+            wait_until(lambda: subprocess.run([str(REPO / "scripts" / "kafka.sh"), "status"], env=self.broker.env,
+                                              capture_output=True).returncode == 0 and self._answers(), 90,
+                       "the adopted broker to answer")
+
+    def _running_brokers(self) -> list[int]:
+        """Processes running a broker with this data dir's properties."""
+        marker = f"kafka.Kafka {self.broker.data_dir}/server.properties".encode()
+        pids = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if marker in cmdline.read_bytes().replace(b"\0", b" ") and not _zombie(int(cmdline.parent.name)):
+                    pids.append(int(cmdline.parent.name))
+            except (OSError, ValueError):
+                continue
+        return pids
+
+    def _answers(self) -> bool:
+        assert self.broker.data_dir is not None
+        log = self.broker.data_dir / "broker.log"
+        try:
+            with socket.create_connection(("127.0.0.1", self.broker.port), timeout=1):
+                pass
+        except OSError:
+            return False
+        return log.exists() and "Kafka Server started" in log.read_text(errors="replace")
 
     def restart(self, *, crash: bool = False) -> float:
         """Down (or crashed) and up again; the seconds it was away."""
@@ -112,23 +150,18 @@ def _zombie(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def drill_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DrillBroker]:
-    for attempt in range(2):  # a free port can be taken by someone else before the broker binds it
-        port, cport = free_port(), free_port()
-        data_dir = tmp_path_factory.mktemp("drill-kafka")
-        env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(cport),
-               "KAFKA_DATA_DIR": str(data_dir), "KAFKA_HEAP_OPTS": "-Xms192m -Xmx512m"}
-        broker = DrillBroker(Broker(f"127.0.0.1:{port}", port, data_dir, env))
-        try:
-            broker.start()
-            break
-        except subprocess.CalledProcessError:
-            broker.stop()
-            if attempt:
-                raise
+    port, cport = free_port(), free_port()
+    data_dir = tmp_path_factory.mktemp("drill-kafka")
+    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(cport),
+           "KAFKA_DATA_DIR": str(data_dir), "KAFKA_HEAP_OPTS": "-Xms192m -Xmx512m"}
+    broker = DrillBroker(Broker(f"127.0.0.1:{port}", port, data_dir, env))
     try:
+        broker.start()
         yield broker
     finally:
         broker.stop()
+        for pid in broker._running_brokers():  # never leave a broker of ours behind
+            os.kill(pid, signal.SIGKILL)
 
 
 # -- a champion to start from ----------------------------------------------------------------------

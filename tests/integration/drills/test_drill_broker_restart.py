@@ -36,11 +36,11 @@ FLUSH_ROWS = 40
 #: defaults it would have fetched the whole topic into memory in its first round trip).
 SLOW_FETCH = {"queued.max.messages.kbytes": "24", "max.partition.fetch.bytes": "4096"}
 #: Seconds without an answer before the drain gives up on the broker with BrokerUnavailable.
-DRAIN_BROKER_TIMEOUT_S = 4.0
+DRAIN_BROKER_TIMEOUT_S = 3.0
 #: The drain's owner is stable across runs, as an Airflow task's is (airflow:<dag>:<task>).
 OWNER = "drill:feature_drain:drain_features"
 #: How long past its broker_timeout_s a drain may take to fail when the broker is gone.
-GIVE_UP_MARGIN_S = 12.0
+GIVE_UP_MARGIN_S = 7.0
 
 
 def _manifests(env: Any, topic: str) -> int:
@@ -122,11 +122,11 @@ def test_broker_restarted_while_scoring(drill_broker, drill_env, start_loop_scor
     stream = LiveStream(producer, spec, sent, rate=250, seed=21, prefix="restart-", clock_offset=clock_offset(env))
     try:
         stream.start()
-        stream.wait_for("live", 500, 60, _alive(scorer))
+        stream.wait_for("live", 300, 60, _alive(scorer))
         wait_until(lambda: len(collector.predictions) >= 300, 60, "the first 300 predictions")
         away = drill_broker.restart()
         stream.switch("after-restart")
-        stream.wait_for("after-restart", 500, 120, _alive(scorer))
+        stream.wait_for("after-restart", 300, 120, _alive(scorer))
         stream.stop()
         assert stream.error is None, stream.error
         missing = collector.wait_scored(list(sent.phase_of), 120)

@@ -45,7 +45,7 @@ def test_scorer_killed_mid_batch_and_restarted(drill_env, start_loop_scorer):
     arrival = FirstArrival(env.settings, spec.topics.predictions)
     try:
         stream.start()
-        stream.wait_for("live", 600, 60, _alive(killed))
+        stream.wait_for("live", 400, 60, _alive(killed))
         wait_until(lambda: len(collector.predictions) >= 400, 60, "the first 400 predictions")
         # A backfill lands on top of the stream: the kill comes inside the big batch that scores it.
         backfill = history(BURST, end=datetime.now(UTC) - clock_offset(env), event_rate=50, seed=32,
@@ -59,7 +59,7 @@ def test_scorer_killed_mid_batch_and_restarted(drill_env, start_loop_scorer):
         restarted = start_loop_scorer(env, "restarted", extra_env=SHORT_SESSION)
         restarted.wait_serving(1)
         stream.switch("after-restart")
-        stream.wait_for("after-restart", 600, 120, _alive(restarted))
+        stream.wait_for("after-restart", 400, 120, _alive(restarted))
         stream.stop()
         assert stream.error is None, stream.error
         missing = collector.wait_scored(list(sent.phase_of), 120)
