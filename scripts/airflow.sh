@@ -72,15 +72,26 @@ up() {
   fi
 }
 
+# Members of the standalone's process group still alive (orphaned executor workers of a scheduler
+# that died, say): the leader's exit does not end them.
+group_alive() { pgrep -g "$1" >/dev/null 2>&1; }
+
 down() {
   local pid
   if ! pid="$(running_pid)"; then say "not running"; rm -f "$pidfile"; return 0; fi
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
   for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; say "stopped (pid $pid)"; return 0; }
+    if ! kill -0 "$pid" 2>/dev/null; then
+      break
+    fi
     sleep 0.5
   done
-  say "standalone did not stop in 30s; killing its process group"
+  for _ in $(seq 1 20); do
+    group_alive "$pid" || { rm -f "$pidfile"; say "stopped (pid $pid)"; return 0; }
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    sleep 0.5
+  done
+  say "standalone's processes did not stop; killing its process group"
   kill -KILL -- "-$pid" 2>/dev/null || true
   rm -f "$pidfile"
 }

@@ -118,10 +118,12 @@ up() {
   nohup java ${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -Djava.awt.headless=true -Dlog4j2.configurationFile="$data/log4j2.properties" \
     -cp "$cp" kafka.Kafka "$props" >"$data/stdout.log" 2>&1 </dev/null &
-  echo $! >"$pidfile"
+  local started=$!
+  echo "$started" >"$pidfile"
   local deadline=$((SECONDS + timeout))
   while (( SECONDS < deadline )); do
-    if ! running_pid >/dev/null; then
+    # Liveness by pid, not by command line: under load the child may not have exec'd java yet.
+    if ! kill -0 "$started" 2>/dev/null; then
       say "broker exited during start; last lines of $data/stdout.log and $log:"
       tail -n 20 "$data/stdout.log" "$log" >&2 || true
       rm -f "$pidfile"

@@ -57,11 +57,6 @@ HISTORY = 3000
 SHORT_SESSION = {"FLYWHEEL_KAFKA__SESSION_TIMEOUT_MS": "6000", "FLYWHEEL_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "drill: a failure drill (tests/integration/drills): break a part, "
-                                       "check the loop still completes with exact counts")
-
-
 # -- a broker the drills may restart --------------------------------------------------------------
 
 

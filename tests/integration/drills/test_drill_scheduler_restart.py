@@ -86,11 +86,6 @@ def _own(table, key: str, prefix: str) -> list[str]:
     return ids.filter(pc.starts_with(ids, prefix)).to_pylist()
 
 
-@pytest.mark.xfail(strict=True, raises=StragglersLeft, reason=(
-    "product bug: scripts/airflow.sh down sends SIGTERM to the standalone's process group and returns as soon "
-    "as the standalone itself exits; the LocalExecutor workers of a scheduler that crashed (SIGKILL) catch "
-    "SIGTERM and, with no scheduler left to send them their stop sentinel, live on idle, orphaned, with the "
-    "old metadata DB open"))
 def test_scheduler_restarted_between_drain_and_training(airflow_standalone):
     standalone, client = airflow_standalone, airflow_standalone.client
     settings = Settings.from_env(standalone.env)
