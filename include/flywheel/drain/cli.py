@@ -15,6 +15,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, help="stop starting new chunks after this long per topic")
     p.add_argument("--flush-rows", type=int, help="rows per chunk (one Parquet file per event hour)")
     p.add_argument("--owner", help="name of this drainer in the ledger (default host:pid)")
+    p.add_argument("--workers", type=int,
+                   help="chunks decoded and written at once, one thread each (default: one per core, at most 4)")
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -24,7 +26,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     topics = args.topics or sorted(drain_plan(load_specs(settings.specs_dir)))
     for topic in topics:
         summary = drain_topic(settings, topic, owner=args.owner, max_records=args.max_records,
-                              max_seconds=args.max_seconds, flush_rows=args.flush_rows)
+                              max_seconds=args.max_seconds, flush_rows=args.flush_rows, workers=args.workers)
         print(json.dumps(summary, sort_keys=True))
     return 0
 

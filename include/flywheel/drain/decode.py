@@ -9,6 +9,7 @@ extra bulk parses of its neighbourhood, and the lone culprit is examined in Pyth
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -40,8 +41,8 @@ class RawBatch:
     topic: str
     partition: int
     values: list[bytes | None]
-    offsets: list[int]
-    timestamps_ms: list[int]
+    offsets: Sequence[int]  # a list, or an int64 array
+    timestamps_ms: Sequence[int]
     keys: list[bytes | None]
 
     def __len__(self) -> int:
@@ -95,7 +96,7 @@ class _Decoder:
 
     def reject(self, i: int, reason: str, detail: str) -> None:
         b = self.batch
-        self.rejected[i] = Rejected(b.offsets[i], b.timestamps_ms[i], b.keys[i], b.values[i], reason, detail)
+        self.rejected[i] = Rejected(int(b.offsets[i]), int(b.timestamps_ms[i]), b.keys[i], b.values[i], reason, detail)
 
     # -- parsing ------------------------------------------------------------------------------------
 
@@ -118,14 +119,32 @@ class _Decoder:
                 self.parse_one(i)  # never an object: rejected with its reason
         return keep
 
-    def parse(self, idx: list[int]) -> list[tuple[list[int], pa.Table]]:
+    def parse_all(self) -> list[tuple[Sequence[int], pa.Table]]:
+        """The whole batch in one bulk parse when every value is a non-empty, not oversized line starting
+        with ``{`` (checked on the joined buffer, not value by value); else :meth:`candidates` sorts it out."""
+        values = self.batch.values
+        try:
+            lengths = np.fromiter(map(len, values), np.int64, len(values))  # type: ignore[arg-type]
+        except TypeError:  # a tombstone (None) among them
+            return self.parse(self.candidates())
+        if not len(values) or lengths.min() == 0 or lengths.max() > self.max_event_bytes:
+            return self.parse(self.candidates())
+        joined = b"\n".join(values)  # type: ignore[arg-type]
+        starts = np.cumsum(lengths + 1) - (lengths + 1)
+        if not (np.frombuffer(joined, np.uint8)[starts] == ord("{")).all():
+            return self.parse(self.candidates())
+        return self.parse(range(len(values)), joined)
+
+    def parse(self, idx: Sequence[int], joined: bytes | None = None) -> list[tuple[Sequence[int], pa.Table]]:
         """Parse records ``idx``; return (indices, table) pieces in order, rejecting what cannot parse."""
         if not idx:
             return []
         values = self.batch.values
-        joined = b"\n".join(values if len(idx) == len(values) else [values[i] for i in idx])  # type: ignore[misc]
+        if joined is None:
+            joined = b"\n".join(values if len(idx) == len(values) else [values[i] for i in idx])  # type: ignore[misc]
         try:
-            joined.decode("utf-8")  # Arrow's reader does not validate strings
+            if not joined.isascii():  # ASCII is valid UTF-8; anything else is checked (Arrow does not)
+                joined.decode("utf-8")
             table = pj.read_json(pa.py_buffer(joined), read_options=_READ_OPTIONS, parse_options=self.parse_options)
             # A blank value or a pretty-printed (multi-line) one changes the line count: not a clean parse.
             if table.num_rows == len(idx):
@@ -137,7 +156,7 @@ class _Decoder:
         mid = len(idx) // 2
         return self.parse(idx[:mid]) + self.parse(idx[mid:])
 
-    def parse_one(self, i: int) -> list[tuple[list[int], pa.Table]]:
+    def parse_one(self, i: int) -> list[tuple[Sequence[int], pa.Table]]:
         raw = self.batch.values[i]
         assert raw is not None
         try:
@@ -169,7 +188,7 @@ class _Decoder:
 
     # -- shaping ------------------------------------------------------------------------------------
 
-    def normalise(self, idx: list[int], table: pa.Table) -> pa.Table:
+    def normalise(self, idx: Sequence[int], table: pa.Table) -> pa.Table:
         """Declared columns in order; undeclared ones folded into one JSON column ``_extra``.
 
         The extras are re-read from the record's own bytes rather than from Arrow's inferred columns,
@@ -225,11 +244,12 @@ class _Decoder:
         return pa.array(parsed, EVENT_TIME_TYPE), ok
 
     def run(self) -> DecodedBatch:
-        pieces = self.parse(self.candidates())
+        pieces = self.parse_all()
         out_schema = self.schema.output_schema
         if not pieces:
             return DecodedBatch(out_schema.empty_table(), self.sorted_rejects())
-        idx = np.fromiter((i for piece_idx, _ in pieces for i in piece_idx), dtype=np.int64)
+        idx = np.concatenate([np.arange(i.start, i.stop) if isinstance(i, range) else np.asarray(i, dtype=np.int64)
+                              for i, _ in pieces])
         table = pa.concat_tables([self.normalise(piece_idx, t) for piece_idx, t in pieces])
         keep = self.check_required(idx, table)
         times = None

@@ -21,7 +21,7 @@ def drain_for_run(topic: str, params: dict[str, Any], owner: str) -> dict[str, A
         raise AirflowSkipException(f"{topic} is not among this run's topics {selected}")
     summary = drain_topic(
         settings_from_airflow(), topic, owner=owner,
-        max_records=params.get("max_records"), max_seconds=params.get("max_seconds"),
+        max_records=params.get("max_records"), max_seconds=params.get("max_seconds"), workers=params.get("workers"),
     )
     if summary["rows"] == 0 and summary["rejected"] == 0:
         raise AirflowSkipException(f"nothing new on {topic} (partitions at {summary['partitions']})")

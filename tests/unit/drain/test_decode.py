@@ -264,3 +264,24 @@ def test_extra_fields_keep_their_json_values(first, neighbour):
         values.append(raw(event(1, ref=neighbour)))
     out = decode(values)
     assert out.table.column("_extra").to_pylist()[0] == orjson.dumps({"ref": first}).decode()
+
+
+def test_valid_non_ascii_text_survives_the_ascii_shortcut():
+    values = [raw(event(0, note="café ☕")), raw(event(1)).replace(b'"e1"', "\"é1\"".encode())]
+    out = decode(values)
+    assert out.rejected == []
+    assert out.table.column("event_id").to_pylist() == ["e0", "é1"]
+    assert orjson.loads(out.table.column("_extra")[0].as_py()) == {"note": "café ☕"}
+
+
+def test_offsets_and_timestamps_may_come_as_int64_arrays():
+    """As the drain's buffer hands them over; a rejected record still reports plain ints."""
+    import numpy as np
+
+    offsets = np.array([5, 6, 9], dtype=np.int64)
+    b = RawBatch(SCHEMA.topic, 1, [raw(event(0)), b"[1]", b' {"event_id": "e2", "amount": 1.0, "count": 2, '
+                                   b'"online": true}'], offsets, offsets + T0, [None, None, b"k"])
+    out = decode_batch(SCHEMA, b, max_event_bytes=MAX_BYTES)
+    assert out.table.column("_offset").to_pylist() == [5, 9]  # a leading blank is fine, off the bulk fast path
+    assert [(r.offset, r.timestamp_ms, r.reason) for r in out.rejected] == [(6, T0 + 6, "not_object")]
+    assert type(out.rejected[0].offset) is int and type(out.rejected[0].timestamp_ms) is int
