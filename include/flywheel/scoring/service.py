@@ -285,17 +285,14 @@ class Scorer:
                                   predictor=model.predictor)
 
     def _produce_predictions(self, producer: Any, table: Any, scores: np.ndarray, version: int, now_ms: int) -> None:
-        """One prediction per event. Columns are converted in bulk (event times formatted by Arrow), so
+        """One prediction per event. Columns are converted in bulk (event times formatted by numpy), so
         the per-event Python work is one small dict, one orjson call and one produce."""
-        import pyarrow.compute as pc
-
         key_field = self.spec.key_field
         time_field = self.spec.event_time_field
         ids = table.column(key_field).to_pylist()
         keys = table.column("_key").to_pylist()
         source_ms = table.column("_timestamp").cast("int64").to_pylist()
-        times = (pc.strftime(table.column(time_field), format="%Y-%m-%dT%H:%M:%SZ").to_pylist() if time_field
-                 else [None] * len(ids))
+        times = _format_times(table.column(time_field)) if time_field else [None] * len(ids)
         decisions = (scores >= self.spec.scoring.threshold).tolist()
         topic = self.spec.topics.predictions
         version_s = str(version)
@@ -313,6 +310,20 @@ class Scorer:
                     break
                 except BufferError:  # the local queue is full: let librdkafka send, then go on
                     producer.poll(0.05)
+
+
+def _format_times(column: Any) -> list[str | None]:
+    """Event times as ISO 8601 UTC strings with the column's sub-second digits ("...T00:00:00.010000Z"),
+    as Arrow's ``strftime("%Y-%m-%dT%H:%M:%SZ")`` writes them. numpy does it ~5x faster (it was ~1 µs of
+    the scorer's per-event cost); Arrow still does it for nulls and for other time zones."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_timestamp(kind) and kind.tz in (None, "UTC", "+00:00", "Z") and not column.null_count:
+        values = column.to_numpy() if isinstance(column, pa.Array) else column.combine_chunks().to_numpy()
+        return np.datetime_as_string(values, unit=kind.unit, timezone="UTC").tolist()
+    return pc.strftime(column, format="%Y-%m-%dT%H:%M:%SZ").to_pylist()
 
 
 def _fatal(exc: BaseException) -> bool:
