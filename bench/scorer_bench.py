@@ -1518,8 +1518,9 @@ def render(n: int, setup: dict[str, Any], produced: dict[str, Any], c: dict[str,
              f">= {TARGET_VS_QUIX}", verdict("scorer_vs_quix")],
             ["e / d (compiled / plain)", _f(ratios["compiled_vs_scorer"], ".2f"),
              _f(ratios["compiled_vs_scorer_cpu"], ".2f"),
-             f">= {TARGET_COMPILED} (bound from this run's CPU costs: "
-             f"{_f((ratios.get('compiled_bound') or {}).get('bound'), '.2f')})", verdict("compiled_vs_scorer")],
+             f">= {TARGET_COMPILED} (ceiling from this run's CPU costs: "
+             f"{_f((ratios.get('compiled_bound') or {}).get('bound'), '.2f')}; decode-free "
+             f"{_f(((ratios.get('compiled_bound') or {}).get('cpu') or {}).get('bound_if_decode_free'), '.2f')})", verdict("compiled_vs_scorer")],
             ["f / d (exactly-once / at-least-once)", _f(ratios["eos_vs_scorer"], ".2f"), "-", "-", "-"],
             ["d / min(a, b), medians", _f(ratios["scorer_vs_limit_median"], ".2f"), "-", "-", "-"],
         ], align="lrrrl"),
@@ -1533,15 +1534,17 @@ def render(n: int, setup: dict[str, Any], produced: dict[str, Any], c: dict[str,
 
         lines += ["", "How far compiling can take the scorer, from this run's per-event costs (µs per event, best "
                   "runs; CPU: the process's CPU time, all threads, little changed by other load; wall: changed a "
-                  "lot by it). O = raw loop (a) + the scorer's decoder alone:", "",
+                  "lot by it). O = raw loop (a) + the scorer's decoder alone. (a) commits synchronously after each batch, "
+                  "the scorer asynchronously, so O is a little above what the scorer must spend and the measured "
+                  "ratio can land a little above the first ceiling; the decode-free ceiling is the firm one:", "",
                   markdown_table(["quantity", "CPU", "wall"], [
                       ["raw consume -> produce -> commit (a), µs", *both("raw_us")],
                       ["decode_batch + to_matrix, µs", *both("decode_us")],
                       ["predict: LightGBM (b), µs", *both("predict_plain_us")],
                       ["predict: lleaves (b'), µs", *both("predict_compiled_us")],
-                      ["bound on e / d, one after another: (O + b) / (O + b')", *both("bound_serial")],
-                      ["bound on e / d, predict beside the rest: max(O, b) / max(O, b')", *both("bound_overlap")],
-                      ["bound on e / d if decoding cost nothing: (a + b) / (a + b')", *both("bound_if_decode_free")],
+                      ["ceiling on e / d, one after another: (O + b) / (O + b')", *both("bound_serial")],
+                      ["ceiling on e / d, predict beside the rest: max(O, b) / max(O, b')", *both("bound_overlap")],
+                      ["ceiling on e / d if decoding cost nothing: (a + b) / (a + b')", *both("bound_if_decode_free")],
                       ["measured e / d", *both("measured")],
                       ["non-model µs per event that 2x would allow (b - 2 b')", *both("non_model_us_allowed_for_2x")],
                       ["non-model µs per event, floor O", *both("non_model_floor_us")],
