@@ -36,17 +36,35 @@ def from_numpy(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
 
 @dataclass
 class RawBatch:
-    """Records of one topic-partition, in offset order, as the consumer returned them."""
+    """Records of one topic-partition, in offset order, as the consumer returned them.
+
+    The drain hands values over already joined (``joined``: newline-separated, a tombstone as an empty
+    line; ``lengths``: -1 for a tombstone) and keys as an Arrow array, so a chunk is never a million
+    small Python objects; ``values`` is then None and built from ``joined`` only if a slow path asks.
+    """
 
     topic: str
     partition: int
-    values: list[bytes | None]
+    values: list[bytes | None] | None
     offsets: Sequence[int]  # a list, or an int64 array
     timestamps_ms: Sequence[int]
-    keys: list[bytes | None]
+    keys: list[bytes | None] | pa.Array
+    joined: bytes | None = None
+    lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def value_list(self) -> list[bytes | None]:
+        if self.values is None:
+            assert self.joined is not None and self.lengths is not None
+            data, lengths = self.joined, self.lengths.tolist()
+            starts = np.cumsum(np.maximum(self.lengths, 0) + 1) - (np.maximum(self.lengths, 0) + 1)
+            self.values = [data[s:s + n] if n >= 0 else None for s, n in zip(starts.tolist(), lengths, strict=True)]
+        return self.values
+
+    def key(self, i: int) -> bytes | None:
+        return self.keys[i].as_py() if isinstance(self.keys, pa.Array) else self.keys[i]
 
 
 @dataclass(frozen=True)
@@ -96,14 +114,15 @@ class _Decoder:
 
     def reject(self, i: int, reason: str, detail: str) -> None:
         b = self.batch
-        self.rejected[i] = Rejected(int(b.offsets[i]), int(b.timestamps_ms[i]), b.keys[i], b.values[i], reason, detail)
+        self.rejected[i] = Rejected(int(b.offsets[i]), int(b.timestamps_ms[i]), b.key(i), b.value_list()[i], reason,
+                                    detail)
 
     # -- parsing ------------------------------------------------------------------------------------
 
     def candidates(self) -> list[int]:
         """Records worth a bulk parse: each one a non-blank value starting with ``{``, so each parses to
         at least one row and the row count can vouch for one row per record. The rest are examined here."""
-        values = self.batch.values
+        values = self.batch.value_list()
         if (None not in values and (not values or max(map(len, values)) <= self.max_event_bytes)  # type: ignore[arg-type]
                 and all(v[:1] == b"{" for v in values)):  # type: ignore[index]
             return list(range(len(values)))
@@ -122,24 +141,30 @@ class _Decoder:
     def parse_all(self) -> list[tuple[Sequence[int], pa.Table]]:
         """The whole batch in one bulk parse when every value is a non-empty, not oversized line starting
         with ``{`` (checked on the joined buffer, not value by value); else :meth:`candidates` sorts it out."""
-        values = self.batch.values
-        try:
-            lengths = np.fromiter(map(len, values), np.int64, len(values))  # type: ignore[arg-type]
-        except TypeError:  # a tombstone (None) among them
+        b = self.batch
+        if b.joined is not None and b.lengths is not None:
+            joined, lengths = b.joined, b.lengths  # a tombstone's length is -1: caught by min() below
+        else:
+            values = b.value_list()
+            try:
+                lengths = np.fromiter(map(len, values), np.int64, len(values))  # type: ignore[arg-type]
+            except TypeError:  # a tombstone (None) among them
+                return self.parse(self.candidates())
+            joined = None
+        if not len(lengths) or lengths.min() <= 0 or lengths.max() > self.max_event_bytes:
             return self.parse(self.candidates())
-        if not len(values) or lengths.min() == 0 or lengths.max() > self.max_event_bytes:
-            return self.parse(self.candidates())
-        joined = b"\n".join(values)  # type: ignore[arg-type]
+        if joined is None:
+            joined = b"\n".join(values)  # type: ignore[arg-type]
         starts = np.cumsum(lengths + 1) - (lengths + 1)
         if not (np.frombuffer(joined, np.uint8)[starts] == ord("{")).all():
             return self.parse(self.candidates())
-        return self.parse(range(len(values)), joined)
+        return self.parse(range(len(lengths)), joined)
 
     def parse(self, idx: Sequence[int], joined: bytes | None = None) -> list[tuple[Sequence[int], pa.Table]]:
         """Parse records ``idx``; return (indices, table) pieces in order, rejecting what cannot parse."""
         if not idx:
             return []
-        values = self.batch.values
+        values = self.batch.value_list()
         if joined is None:
             joined = b"\n".join(values if len(idx) == len(values) else [values[i] for i in idx])  # type: ignore[misc]
         try:
@@ -157,7 +182,7 @@ class _Decoder:
         return self.parse(idx[:mid]) + self.parse(idx[mid:])
 
     def parse_one(self, i: int) -> list[tuple[Sequence[int], pa.Table]]:
-        raw = self.batch.values[i]
+        raw = self.batch.value_list()[i]
         assert raw is not None
         try:
             obj = orjson.loads(raw)
@@ -202,7 +227,7 @@ class _Decoder:
                 present = pc.or_(present, pc.is_valid(table.column(name)))
             extra: list[str | None] = [None] * table.num_rows
             for row in np.flatnonzero(present.to_numpy(zero_copy_only=False)):
-                obj = orjson.loads(self.batch.values[idx[row]])  # type: ignore[arg-type]
+                obj = orjson.loads(self.batch.value_list()[idx[row]])  # type: ignore[arg-type]
                 extra[row] = orjson.dumps({k: v for k, v in obj.items() if k not in self.declared and v is not None}).decode()
             columns.append(pa.chunked_array([pa.array(extra, pa.string())]))
         else:
@@ -265,7 +290,10 @@ class _Decoder:
         all_rows = len(idx) == len(b)
         offsets = b.offsets if all_rows else np.asarray(b.offsets, dtype=np.int64)[idx]
         stamps = b.timestamps_ms if all_rows else np.asarray(b.timestamps_ms, dtype=np.int64)[idx]
-        keys = b.keys if all_rows else [b.keys[i] for i in idx]
+        if isinstance(b.keys, pa.Array):
+            keys = b.keys if all_rows else b.keys.take(from_numpy(idx, pa.int64()))
+        else:
+            keys = pa.array(b.keys if all_rows else [b.keys[i] for i in idx], pa.binary())
         n = len(idx)
         columns: dict[str, pa.Array | pa.ChunkedArray] = {
             name: table.column(name) for name in self.schema.fields
@@ -277,7 +305,7 @@ class _Decoder:
             "_partition": from_numpy(np.full(n, b.partition), pa.int32()),
             "_offset": from_numpy(np.asarray(offsets), pa.int64()),
             "_timestamp": from_numpy(np.asarray(stamps), pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-            "_key": pa.array(keys, pa.binary()),
+            "_key": keys,
             "_extra": table.column("_extra"),
         }
         result = pa.Table.from_arrays([columns[f.name] for f in out_schema], schema=out_schema)
