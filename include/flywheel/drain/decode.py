@@ -164,8 +164,8 @@ class _Decoder:
         """Parse records ``idx``; return (indices, table) pieces in order, rejecting what cannot parse."""
         if not idx:
             return []
-        values = self.batch.value_list()
-        if joined is None:
+        if joined is None:  # (the whole batch comes joined already: its values are not split up unless it fails)
+            values = self.batch.value_list()
             joined = b"\n".join(values if len(idx) == len(values) else [values[i] for i in idx])  # type: ignore[misc]
         try:
             if not joined.isascii():  # ASCII is valid UTF-8; anything else is checked (Arrow does not)
