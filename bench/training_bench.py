@@ -32,8 +32,10 @@ overhead = (pipeline total - plain train) / plain train, target < 0.30, is print
 shared machine the wall time of 2-thread training swings several-fold between identical runs, so
 the verdict uses the least noise-sensitive estimate: both sides train identically (same arrays,
 params and threads; rows and best_iteration are checked), hence pipeline total - plain train is the
-pipeline's non-training seconds, and overhead ~= min(non-training s) / min(plain train s). The CPU
-other processes used meanwhile is reported per run ("others' cores").
+pipeline's non-training seconds, and overhead ~= min(non-training s) / min(plain train s), taken over
+the runs that had a champion to compare with (when there are any: they also score the champion, so
+they cost more than the first run). The CPU other processes used meanwhile is reported per run
+("others' cores"), and the load average before each run.
 
 ``--from-json PATH`` re-prints the report of a saved results file.
 
@@ -267,8 +269,10 @@ def _timed_targets() -> list[tuple[Any, str, str]]:
     return [
         # load (inside load_training_data)
         (dataset, "read_topic", "load.read_topic"),
-        (dataset, "_latest_per_key", "load.dedup_latest_per_key"),
-        (dataset, "to_matrix", "load.to_matrix"),
+        (dataset, "shared_codes", "load.key_codes"),
+        (dataset, "first_per_code", "load.dedupe"),
+        (dataset, "time_then_key_order", "load.sort"),
+        (dataset, "_matrices", "load.matrix"),
         # train_challenger
         (lgbm, "train_model", "train.train_model"),
         (lgbm, "to_onnx", "train.to_onnx"),
@@ -282,7 +286,8 @@ def _timed_targets() -> list[tuple[Any, str, str]]:
         (pipeline, "_read_split", "validate.read_holdout"),
         (lgbm, "predict", "validate.predict"),
         (lgbm, "evaluate", "validate.evaluate"),
-        (lgbm, "onnx_max_abs_diff", "validate.onnx_max_abs_diff"),
+        (lgbm, "onnx_probabilities", "validate.onnx_runtime (concurrent with predict)"),
+        (lgbm, "onnx_agreement", "validate.onnx_agreement"),
         (lgbm, "single_row_latency_us", "validate.single_row_latency"),
         # promote_or_reject
         (ModelStore, "set_champion", "promote.set_champion"),
@@ -396,8 +401,9 @@ def run_limit(store_dir: str, as_of: str) -> dict[str, Any]:
     categorical = categorical_indices(data.schema) or "auto"
     X_train, y_train, X_valid, y_valid = data.train.X, data.train.y, data.validation.X, data.validation.y
     shapes = {"train": list(X_train.shape), "validation": list(X_valid.shape), "dtype": str(X_train.dtype),
-              "c_contiguous": bool(X_train.flags["C_CONTIGUOUS"])}
-    del data  # only the arrays stay (views of the one matrix load_training_data built)
+              "c_contiguous": bool(X_train.flags["C_CONTIGUOUS"]),
+              "f_contiguous": bool(X_train.flags["F_CONTIGUOUS"])}
+    del data  # only the arrays stay
     gc.collect()
     pa.default_memory_pool().release_unused()
     peak_incl_load = vmhwm_bytes()
@@ -552,7 +558,12 @@ def report(limits: list[dict[str, Any]], pipes: list[dict[str, Any]], rows: int)
     best_limit = min(lim["seconds"] for lim in limits)
     best_pipe = min(p["steps"]["total_s"] for p in pipes)
     non_training = [r["non_training_s"] for r in pairs]
-    estimate = min(non_training) / best_limit
+    # The first run has no champion to score; later runs also score the champion on the holdout (the
+    # steady state, and the dearer case): when there are such runs, the verdict uses only them.
+    steady = [r["non_training_s"] for r, p in zip(pairs, pipes, strict=True) if p["champion_before"] is not None]
+    judged = steady or non_training
+    estimate = min(judged) / best_limit
+    estimate_all = min(non_training) / best_limit
     min_vs_min = (best_pipe - best_limit) / best_limit
     median_pair = statistics.median(r["overhead"] for r in pairs)
     verdict = "MET" if estimate < TARGET_OVERHEAD else "MISSED"
@@ -563,6 +574,9 @@ def report(limits: list[dict[str, Any]], pipes: list[dict[str, Any]], rows: int)
                  f"({pipes[0]['best_iteration']} vs {limits[0]['best_iteration']})")
     lines.append(f"threads: pipeline {pipes[0]['threads'].get('openmp')}, limit {limits[0]['threads'].get('openmp')}"
                  f" (OMP_NUM_THREADS={pipes[0]['threads']['OMP_NUM_THREADS']}, cpus={pipes[0]['threads']['cpu_count']})")
+    lines.append("load average before each run (1 min): limit "
+                 + ", ".join(_fmt(lim["loadavg_before"][0], 1) for lim in limits) + "; pipeline "
+                 + ", ".join(_fmt(p["loadavg_before"][0], 1) for p in pipes))
     lines.append(f"noise: plain training {', '.join(_fmt(lim['seconds'], 1) for lim in limits)} s and the pipeline's "
                  f"own training {', '.join(_fmt(r['pipeline_train_s'], 1) for r in pairs)} s for identical work; "
                  f"others' cores = CPU other processes used meanwhile (of {os.cpu_count()})")
@@ -570,9 +584,13 @@ def report(limits: list[dict[str, Any]], pipes: list[dict[str, Any]], rows: int)
                  + ", ".join(f"#{r['run']} {r['overhead']:+.0%}" for r in pairs)
                  + f" (median {median_pair:+.0%}); min pipeline total vs min plain train: {best_pipe:.1f} vs "
                  f"{best_limit:.1f} s = {min_vs_min:+.0%}")
-    lines.append(f"**overhead estimate** = min non-training seconds / min plain training = {min(non_training):.2f} / "
-                 f"{best_limit:.2f} s = **{estimate:.0%}**; target < {TARGET_OVERHEAD:.0%}: **{verdict}**")
-    summary = {"pairs": pairs, "overhead_estimate": estimate, "verdict": verdict, "min_vs_min_overhead": min_vs_min,
+    lines.append(f"non-training seconds per run: {', '.join(_fmt(x) for x in non_training)}; "
+                 f"min over all runs / min plain training = {estimate_all:.0%}")
+    lines.append(f"**overhead estimate** = min non-training seconds{' with a champion to compare' if steady else ''} "
+                 f"/ min plain training = {min(judged):.2f} / {best_limit:.2f} s = **{estimate:.0%}**; target < "
+                 f"{TARGET_OVERHEAD:.0%}: **{verdict}**")
+    summary = {"pairs": pairs, "overhead_estimate": estimate, "overhead_estimate_all_runs": estimate_all,
+               "judged_on": "runs with a champion" if steady else "all runs", "verdict": verdict, "min_vs_min_overhead": min_vs_min,
                "median_pair_overhead": median_pair, "non_training_s": non_training, "best_plain_train_s": best_limit,
                "best_pipeline_total_s": best_pipe, "same_rows": same_rows, "same_best_iteration": same_best,
                "stages": stages, "row_counts": counts}
