@@ -244,7 +244,8 @@ def flywheel_drain(bootstrap: str, store_dir: str, group_prefix: str, max_record
     settings = _settings(bootstrap, store_url=Path(store_dir).as_uri(), group_prefix=group_prefix)
     limits = limits_for(spec, max_records=max_records, max_seconds=max_seconds)
     drain = TopicDrain(settings, schema, settings.open_store(), limits)
-    out: dict[str, Any] = {"limits": {k: getattr(limits, k) for k in limits.__dataclass_fields__}}
+    out: dict[str, Any] = {"limits": {k: getattr(limits, k) for k in limits.__dataclass_fields__},
+                           "workers": limits.worker_count(PARTITIONS)}
     if profile_path is None:
         started = time.perf_counter()
         result = drain.run()

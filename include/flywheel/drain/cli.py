@@ -16,7 +16,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flush-rows", type=int, help="rows per chunk (one Parquet file per event hour)")
     p.add_argument("--owner", help="name of this drainer in the ledger (default host:pid)")
     p.add_argument("--workers", type=int,
-                   help="chunks decoded and written at once, one thread each (default: one per core, at most 4)")
+                   help="chunks decoded and written at once, one thread each (default: one per core, at most 2)")
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
