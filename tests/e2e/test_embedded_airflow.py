@@ -39,7 +39,6 @@ def test_an_alarm_on_the_control_topic_starts_a_drift_check_through_the_triggere
     import time
 
     from confluent_kafka import Producer
-
     from flywheel.kafka_config import ensure_topics
     from flywheel.settings import Settings
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flywheel.errors import FlywheelError, ObjectNotFound, PreconditionFailed
+from flywheel.models.model_text import InvalidModelText, check_model_text
 from flywheel.storage import ObjectStore
 
 MODELS_ROOT = "models"
@@ -172,6 +173,14 @@ class ModelStore:
                 f"{model} v{version}: {name} checksum mismatch (stored file sha256 {sha256(data)[:12]}..., "
                 f"metadata says {str(expected)[:12]}...): refusing a corrupted or tampered model"
             )
+        if name == "model.txt":
+            # LightGBM's parser aborts the process on a damaged file; one damaged before it was hashed
+            # passes the checksum, so the text's structure is checked before anyone parses it.
+            try:
+                check_model_text(data.decode("ascii"))
+            except (InvalidModelText, UnicodeDecodeError) as exc:
+                raise ModelIntegrityError(f"{model} v{version}: model.txt is not a valid LightGBM model: {exc}; "
+                                          "refusing it") from None
         return data
 
     # -- champion -----------------------------------------------------------------------------------

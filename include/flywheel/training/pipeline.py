@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel.models.events import publish_model_event
-from flywheel.models.store import ModelStore, ModelStoreError
+from flywheel.models.store import ModelIntegrityError, ModelStore, ModelStoreError
 from flywheel.settings import Settings
 from flywheel.specs import ModelSpec
 from flywheel.training import model as lgbm
@@ -104,6 +104,7 @@ def validate_challenger(settings: Settings, spec: ModelSpec, version: int) -> di
     onnx_bytes = models.load_file(spec.name, version, "model.onnx")
     champion, champion_etag = models.champion_with_etag(spec.name)
     champion_metrics = None
+    champion_problem: str | None = None
     # The ONNX check (ONNX Runtime on every holdout row, one thread) runs while LightGBM scores the
     # challenger and the champion: neither alone keeps both cores busy, together they mostly do.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -114,9 +115,16 @@ def validate_challenger(settings: Settings, spec: ModelSpec, version: int) -> di
             champ_version = models.get_version(spec.name, champion.version)
             champ_names = [e["name"] for e in champ_version.metadata["feature_schema"]]
             if champ_names == names:
-                champ_booster = lgbm.load_booster(models.load_file(spec.name, champion.version))
-                champion_metrics = lgbm.evaluate(lgbm.predict(champ_booster, holdout.X), holdout,
-                                                 spec.scoring.threshold)
+                try:
+                    champ_booster = lgbm.load_booster(models.load_file(spec.name, champion.version))
+                except ModelIntegrityError as exc:
+                    # A damaged champion must not block every retraining until someone rolls back by hand:
+                    # the challenger is judged on the absolute gates, and the report says why.
+                    champion_problem = f"champion v{champion.version} is unreadable: {exc}"
+                    log.error("%s: %s; judging v%d on the absolute gates only", spec.name, champion_problem, version)
+                else:
+                    champion_metrics = lgbm.evaluate(lgbm.predict(champ_booster, holdout.X), holdout,
+                                                     spec.scoring.threshold)
             else:
                 log.warning("%s: champion v%d has other features; comparing on absolute gates only", spec.name,
                             champion.version)
@@ -136,7 +144,8 @@ def validate_challenger(settings: Settings, spec: ModelSpec, version: int) -> di
     report = {
         "version": version,
         "metrics": metrics,
-        "champion": {"version": champion.version, "etag": champion_etag, "metrics": champion_metrics}
+        "champion": {"version": champion.version, "etag": champion_etag, "metrics": champion_metrics,
+                     "problem": champion_problem}
         if champion else None,
         "gates": [g.as_dict() for g in gates],
         "passed": all(g.passed for g in gates),

@@ -27,7 +27,7 @@ from flywheel.demo.observe import PredictionCollector
 from flywheel.demo.stream import LiveStream, Sent
 from flywheel.drain import drain_topic
 from flywheel.kafka_config import client_config
-from flywheel.models.store import ModelIntegrityError, ModelStore
+from flywheel.models.store import ModelStore
 from flywheel.training import pipeline
 
 from tests.integration.drills.conftest import HISTORY, clock_offset
@@ -132,10 +132,6 @@ def test_a_corrupt_model_promoted_by_hand_is_refused_and_the_loop_recovers(drill
           f"{outcome['status']} (AUC {validated['auc']:.4f})")
 
 
-@pytest.mark.xfail(strict=True, raises=ModelIntegrityError, reason=(
-    "product bug: validate_challenger (include/flywheel/training/pipeline.py) loads the champion with "
-    "models.load_file and lets ModelIntegrityError escape, so while a corrupt version is the champion every "
-    "training run fails in validate_challenger instead of judging the challenger on the absolute gates"))
 def test_training_with_a_corrupt_champion_judges_the_challenger_on_absolute_gates(drill_env):
     env = drill_env(template_topics=True)
     spec, name = env.spec, env.spec.name
@@ -156,11 +152,6 @@ def test_training_with_a_corrupt_champion_judges_the_challenger_on_absolute_gate
     assert (outcome["status"], outcome["previous"]) == ("promoted", v2), outcome
 
 
-@pytest.mark.xfail(strict=True, raises=ScorerDied, reason=(
-    "product bug: load_serving_model (include/flywheel/scoring/model.py) parses the model text with "
-    "lgb.Booster(model_str=...) inside the scorer process; LightGBM 4.7 aborts the whole process "
-    "(std::terminate, SIGABRT) on a tree block cut short, so a truncated model.txt with a matching checksum "
-    "kills the scorer instead of being refused, and kills it again at every restart while it is champion"))
 def test_a_corrupt_model_with_a_matching_checksum_is_refused_not_fatal(drill_env, start_loop_scorer):
     env = drill_env()
     spec, name = env.spec, env.spec.name
