@@ -147,8 +147,11 @@ class PartitionLedger:
                     f"range ({other.end if other else '?'} vs {manifest.end}); refusing to continue"
                 ) from None
             committed = False
-        self.advance_checkpoint(manifest.next_offset)
+        # The claim goes before the checkpoint moves: if the store fails (or the drain dies) in between,
+        # the next run's roll-forward from the checkpoint still sees this manifest and finishes the job;
+        # the other order would strand the claim behind the checkpoint, where nothing looks again.
         self.store.delete(layout.intent_key(self.topic, self.partition, manifest.start))
+        self.advance_checkpoint(manifest.next_offset)
         return committed
 
     def advance_checkpoint(self, next_offset: int) -> None:

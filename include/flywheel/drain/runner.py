@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -128,6 +129,22 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     pq.write_table(table, buffer, compression="zstd", write_statistics=True,
                    use_dictionary=_dictionary_columns(table.schema))
     return buffer.getvalue()
+
+
+def _close_bounded(consumer: Any, timeout_s: float, topic: str) -> None:
+    """Close the consumer, but never wait on a broker that is gone for longer than ``timeout_s``.
+
+    librdkafka's close waits for outstanding offset commits, which with the broker down means until
+    it is back: a drain task would hang for the whole outage instead of failing with its clear error
+    and letting Airflow retry. Nothing is lost by not waiting: the store's ledger, not the group's
+    offsets, says where the drain stopped.
+    """
+    closer = threading.Thread(target=consumer.close, name=f"drain-close-{topic}", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+    if closer.is_alive():
+        log.warning("%s: the consumer did not close within %.0fs (broker unreachable?); not waiting for it",
+                    topic, timeout_s)
 
 
 class TopicDrain:
@@ -279,7 +296,7 @@ class TopicDrain:
         finally:
             for lane in self._lanes:
                 lane.shutdown(wait=True, cancel_futures=True)
-            consumer.close()
+            _close_bounded(consumer, self.settings.broker_timeout_s, self.topic)
         result.seconds = time.monotonic() - started
         log.info("drained %s: %s", self.topic, result.as_dict())
         return result

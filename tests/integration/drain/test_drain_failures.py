@@ -319,7 +319,9 @@ def test_crash_after_the_manifest(make_env, point):
         # the last manifest exists, but the checkpoint of its partition still points at its start
         stale = [p for p, chain in manifests.items() if checkpoints.get(p, 0) < chain[-1].next_offset]
         assert len(stale) == 1
-        assert 1 <= len(intents) <= 2 and any(f"/{stale[0]:05d}/" in i for i in intents)
+        # its claim was removed before the checkpoint was to move; claims run one chunk ahead, so others may exist
+        stale_start = manifests[stale[0]][-1].start
+        assert len(intents) <= 2 and not any(i.endswith(f"/{stale[0]:05d}/{stale_start:020d}.intent") for i in intents)
     else:
         assert len(intents) <= 1  # at most the chunk claimed after the last committed one
 

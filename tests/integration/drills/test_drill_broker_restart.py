@@ -51,10 +51,6 @@ class DrainHangs(AssertionError):
     """The drain did not give up on a dead broker by itself."""
 
 
-@pytest.mark.xfail(strict=True, raises=DrainHangs, reason=(
-    "product bug: TopicDrain.run raises BrokerUnavailable after broker_timeout_s, but its `finally: "
-    "consumer.close()` (include/flywheel/drain/runner.py) then blocks until the broker is back, so a drain "
-    "task hangs for the whole outage instead of failing with the clear error"))
 def test_broker_crash_in_the_middle_of_a_drain(drill_broker, fresh_env):
     env = fresh_env(drill_broker.bootstrap)
     topic = env.spec.topics.features

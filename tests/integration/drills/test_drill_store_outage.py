@@ -6,7 +6,7 @@ cut through two more runs (as a task's retries would come), and is restored:
 
 * ``manifest``: the 3rd chunk's manifest write never reaches the store: the chunk is written but not
   committed, and must be replayed (same range, same objects) by the next run.
-* ``claim_cleanup``: the 3rd chunk is committed (manifest and checkpoint written) and the store goes
+* ``claim_cleanup``: the 3rd chunk is committed (manifest written) and the store goes
   away as its claim is deleted.
 
 While the store is away the drain fails with StoreUnavailable naming the endpoint and bucket, and the
@@ -64,10 +64,7 @@ CUT_AT = {
 
 @pytest.mark.parametrize("step", [
     "manifest",
-    pytest.param("claim_cleanup", marks=pytest.mark.xfail(strict=True, raises=ClaimLeftBehind, reason=(
-        "product bug: PartitionLedger.commit (include/flywheel/drain/ledger.py) advances the checkpoint "
-        "before it deletes the chunk's intent, and resume_offset only rolls forward (and cleans up) from "
-        "the checkpoint: a store failure (or crash) between the two leaves the claim behind for good"))),
+    "claim_cleanup",
 ])
 def test_store_unavailable_for_a_while_in_the_middle_of_a_drain(kafka_broker, drill_s3, fresh_env, step):
     proxy = TcpProxy(urlparse(drill_s3).port).start()
