@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC
 
 import boto3
+import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
@@ -107,6 +108,9 @@ class S3Store(ObjectStore):
             raise StoreError(f"{self._uri(key)}: invalid S3 request: {exc}") from exc
         except BotoCoreError as exc:  # connection refused, timeouts, TLS, no credentials, no region
             raise self._unavailable(str(exc)) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # A body cut off mid-read surfaces as urllib3's own error, not botocore's: the same outage.
+            raise self._unavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _unavailable(self, detail: str) -> StoreUnavailable:
         return StoreUnavailable(f"S3 store unavailable: bucket {self.bucket!r} at {self.endpoint}: {detail}")
