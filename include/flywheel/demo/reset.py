@@ -45,7 +45,7 @@ def reset_model(settings: Settings, spec: ModelSpec) -> dict[str, int]:
         for future in admin.delete_consumer_groups(groups, request_timeout=settings.broker_timeout_s).values():
             future.result()
     except Exception as exc:  # absent group, or a member still attached: the topic deletion dropped its offsets
-        log.info("consumer group %s not deleted: %s", groups[0], exc)
+        log.debug("consumer group %s not deleted: %s", groups[0], exc)
     store = settings.open_store()
     deleted = 0
     for prefix in store_prefixes(spec):
