@@ -166,7 +166,8 @@ def run_loop(settings: Settings, spec: ModelSpec, plan: DemoPlan, client: Airflo
     models = ModelStore(store)
     training_dag = f"model_training_{name}"
     run_tag = f"d{int(time.time())}-"
-    assert spec.label is not None and spec.topics.labels and spec.topics.predictions
+    if spec.label is None or not spec.topics.labels or not spec.topics.predictions:
+        raise DemoFailed(f"spec {name!r} needs a label, a labels topic and a predictions topic for the demo loop")
     clock_offset = spec.label.max_delay + timedelta(minutes=15)
     log_dir = settings.home / ".local" / "demo"
 
