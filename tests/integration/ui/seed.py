@@ -3,6 +3,7 @@ package's own ModelStore (no training needed), for the Models view's API and bro
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,19 @@ def evidently_report_html(rows: int = 400) -> str:
     return snapshot.get_html_str(as_iframe=False)
 
 
+@functools.lru_cache(maxsize=8)
+def tiny_model_text(seed: int) -> bytes:
+    """A real (tiny) LightGBM model on the seeded schema: the store refuses anything that is not one."""
+    import lightgbm as lgb
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    X = rng.random((200, 1))
+    y = (X[:, 0] + 0.2 * rng.random(200) > 0.6).astype(int)
+    params = {"objective": "binary", "verbose": -1, "num_leaves": 4, "min_data_in_leaf": 5, "seed": seed}
+    return lgb.train(params, lgb.Dataset(X, y, feature_name=["amount"]), 3).model_to_string().encode()
+
+
 def seed_models(store: ObjectStore, model: str = "fraud", *, with_report: bool = True,
                 report_html: str = REPORT_HTML) -> Seeded:
     """Three versions (v_a promoted, v_b promoted and champion, v_c rejected), history and one report."""
@@ -68,7 +82,7 @@ def seed_models(store: ObjectStore, model: str = "fraud", *, with_report: bool =
         numbers.append(version)
         aucs[version] = auc
         end = now - timedelta(days=3 - i)
-        models.write_version(model, version, f"tree\nversion={version}\n".encode(), {
+        models.write_version(model, version, tiny_model_text(seed=version), {
             "spec_name": model, "window": {"start": (end - timedelta(days=7)).isoformat(), "end": end.isoformat()},
             "row_counts": {"labelled_events": 5000 + i, "positives": 60 + i, "train": 3500, "validation": 750,
                            "holdout": 750 + i},
