@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ TERMINAL_STATES = {"success", "failed"}
 
 class AirflowApiError(FlywheelError):
     """Airflow's API refused or did not answer."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def default_url() -> str:
@@ -50,15 +56,26 @@ class AirflowClient:
     timeout_s: float = 30.0
     _token: str | None = None
 
-    def _request(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token()}"} if auth else {}
-        try:
-            response = httpx.request(method, self.url + path, headers=headers, timeout=self.timeout_s, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AirflowApiError(f"Airflow at {self.url} did not answer: {exc}") from None
-        if response.status_code >= 400:
-            raise AirflowApiError(f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}")
-        return response.json() if response.content else None
+    #: Pauses before retrying a 5xx answer: SQLite-backed Airflow answers "database is locked" as a 500
+    #: while its scheduler holds the write lock, e.g. right after a restart.
+    retry_pauses_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+
+    def _request(self, method: str, path: str, *, auth: bool = True, retry: bool = True, **kwargs: Any) -> Any:
+        """One API call; server errors are retried (callers make non-GET calls safe to repeat)."""
+        pauses = list(self.retry_pauses_s) if retry else []
+        while True:
+            headers = {"Authorization": f"Bearer {self.token()}"} if auth else {}
+            try:
+                response = httpx.request(method, self.url + path, headers=headers, timeout=self.timeout_s, **kwargs)
+            except httpx.HTTPError as exc:
+                raise AirflowApiError(f"Airflow at {self.url} did not answer: {exc}") from None
+            if response.status_code >= 500 and pauses:
+                time.sleep(pauses.pop(0))
+                continue
+            if response.status_code >= 400:
+                raise AirflowApiError(f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}",
+                                      status=response.status_code)
+            return response.json() if response.content else None
 
     def token(self) -> str:
         if self._token is None:
@@ -69,7 +86,7 @@ class AirflowClient:
         return self._token
 
     def health(self) -> dict[str, Any]:
-        return self._request("GET", "/api/v2/monitor/health", auth=False)
+        return self._request("GET", "/api/v2/monitor/health", auth=False, retry=False)
 
     def wait_healthy(self, timeout_s: float = 240.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -94,10 +111,22 @@ class AirflowClient:
         self._request("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, run_id: str | None = None) -> str:
-        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+        """Start a run. The run id is chosen here, so a retried request cannot start the run twice."""
+        run_id = run_id or f"manual__flywheel_{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:6]}"
+        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}, "dag_run_id": run_id}
+        try:
+            return self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+        except AirflowApiError as exc:
+            if exc.status == 409 and self._run_exists(dag_id, run_id):  # an earlier attempt got through
+                return run_id
+            raise
+
+    def _run_exists(self, dag_id: str, run_id: str) -> bool:
+        try:
+            self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            return True
+        except AirflowApiError:
+            return False
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
