@@ -464,3 +464,37 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+_IMPORT_MACHINERY = ("<built-in method builtins.exec>", "<built-in method builtins.__import__>", "<module>")
+
+
+def profile_summary(profiler: Any, path: str, top: int, *, sort: str = "cumulative",
+                    exclude_file: str | None = None) -> list[dict[str, Any]]:
+    """Save a cProfile run (``path``.pstats and a readable ``path``.txt) and return its top rows.
+
+    Rows are ranked by ``sort`` ("cumulative" or "tottime"). The calling bench's own timing wrappers
+    (``exclude_file``) and the import machinery are left out of the ranking; the time spent importing
+    during the run is reported as one row of its own, so a cold import is seen and not mistaken for work.
+    """
+    import io
+    import pstats
+
+    profiler.dump_stats(path + ".pstats")
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("cumulative").print_stats(60)
+    stats.sort_stats("tottime").print_stats(40)
+    Path(path + ".txt").write_text(text.getvalue())
+    entries = stats.stats.items()  # type: ignore[attr-defined]
+    items = [(k, v) for k, v in entries
+             if not k[0].startswith("<frozen importlib") and k[2] not in _IMPORT_MACHINERY
+             and (exclude_file is None or Path(k[0]).name != Path(exclude_file).name)]
+    column = 3 if sort == "cumulative" else 2
+    rows = sorted(items, key=lambda kv: kv[1][column], reverse=True)[:top]
+    imports = max((v[3] for k, v in entries if k[2] == "_find_and_load"), default=0.0)
+    return [{"function": "(all imports during the run)", "ncalls": "", "tottime_s": float("nan"),
+             "cumtime_s": round(imports, 3)}] + [
+        {"function": f"{Path(file).parent.name}/{Path(file).name}:{line}({name})" if file != "~" else name,
+         "ncalls": nc, "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)}
+        for (file, line, name), (_cc, nc, tt, ct, _callers) in rows]

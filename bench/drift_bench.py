@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import json
 import os
 import statistics
@@ -81,6 +80,7 @@ from bench.common import (
     fresh_dir,
     kafka_broker,
     markdown_table,
+    profile_summary,
     reset_peak_rss,
     run_function,
     vmhwm_bytes,
@@ -413,25 +413,6 @@ def _timed_targets() -> list[tuple[Any, str, str]]:
     ]
 
 
-def _profile_summary(profiler: Any, path: str, top: int) -> list[dict[str, Any]]:
-    import pstats
-
-    profiler.dump_stats(path + ".pstats")
-    text = io.StringIO()
-    stats = pstats.Stats(profiler, stream=text)
-    stats.sort_stats("cumulative").print_stats(60)
-    stats.sort_stats("tottime").print_stats(30)
-    Path(path + ".txt").write_text(text.getvalue())
-    skip_names = ("<built-in method builtins.exec>", "<built-in method builtins.__import__>", "<module>")
-    items = [(k, v) for k, v in stats.stats.items()  # type: ignore[attr-defined]
-             if not k[0].startswith("<frozen importlib") and Path(k[0]).name != Path(__file__).name
-             and k[2] not in skip_names]
-    rows = sorted(items, key=lambda kv: kv[1][3], reverse=True)[:top]
-    return [{"function": f"{Path(file).parent.name}/{Path(file).name}:{line}({name})" if file != "~" else name,
-             "ncalls": nc, "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)}
-            for (file, line, name), (_cc, nc, tt, ct, _callers) in rows]
-
-
 def _callees(pstats_path: str, func: str, top: int = 12) -> list[dict[str, Any]]:
     """Direct callees of ``func`` by cumulative time (what the function itself spends its time on)."""
     import pstats
@@ -494,7 +475,7 @@ def run_flywheel(store_dir: str, as_of: str, bootstrap: str | None, profile_path
     }
     if profiler:
         assert profile_path
-        out["top_cumtime"] = _profile_summary(profiler, profile_path, top)
+        out["top_cumtime"] = profile_summary(profiler, profile_path, top, exclude_file=__file__)
         out["run_drift_check_callees"] = _callees(profile_path + ".pstats", "run_drift_check")
         out["publish_summary_callees"] = _callees(profile_path + ".pstats", "publish_summary")
     return out

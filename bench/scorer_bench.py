@@ -59,7 +59,6 @@ Prints markdown tables and writes bench/results/scorer.json (and scorer_profile.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -84,6 +83,7 @@ from bench.common import (
     fresh_dir,
     kafka_broker,
     markdown_table,
+    profile_summary,
     rate,
     run_function,
     run_measured,
@@ -684,7 +684,7 @@ def flywheel_scorer(bootstrap: str, spec_data: dict[str, Any], group_prefix: str
     if snap["scored"] != expected or snap["dead_lettered"]:
         raise RuntimeError(f"scored {snap['scored']} of {expected}, dead-lettered {snap['dead_lettered']}")
     if profiler:
-        out["profile"] = _profile_summary(profiler, profile_path, top)
+        out["profile"] = profile_summary(profiler, profile_path, top, sort="tottime")
     return out
 
 
@@ -698,21 +698,6 @@ def warm_compile_cache(scorer: Any) -> float:
     started = time.perf_counter()
     load_serving_model(models, scorer.spec, champion.version, compile_model=True, cache_dir=scorer.watcher.cache_dir)
     return time.perf_counter() - started
-
-
-def _profile_summary(profiler: Any, path: str, top: int) -> list[dict[str, Any]]:
-    import pstats
-
-    profiler.dump_stats(path + ".pstats")
-    text = io.StringIO()
-    stats = pstats.Stats(profiler, stream=text)
-    stats.sort_stats("tottime").print_stats(40)
-    stats.sort_stats("cumulative").print_stats(50)
-    Path(path + ".txt").write_text(text.getvalue())
-    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
-    return [{"function": f"{Path(file).name}:{line}({name})" if file != "~" else name, "ncalls": nc,
-             "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)}
-            for (file, line, name), (_cc, nc, tt, ct, _callers) in rows]
 
 
 def flywheel_scorer_live(bootstrap: str, spec_data: dict[str, Any], group_prefix: str, compile_model: bool,

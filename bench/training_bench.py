@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import json
 import os
 import statistics
@@ -68,6 +67,7 @@ from bench.common import (
     fresh_dir,
     kafka_broker,
     markdown_table,
+    profile_summary,
     reset_peak_rss,
     run_function,
     vmhwm_bytes,
@@ -296,29 +296,6 @@ def _timed_targets() -> list[tuple[Any, str, str]]:
     ]
 
 
-def _profile_summary(profiler: Any, path: str, top: int) -> list[dict[str, Any]]:
-    import pstats
-
-    profiler.dump_stats(path + ".pstats")
-    text = io.StringIO()
-    stats = pstats.Stats(profiler, stream=text)
-    stats.sort_stats("cumulative").print_stats(40)
-    stats.sort_stats("tottime").print_stats(25)
-    Path(path + ".txt").write_text(text.getvalue())
-    # Leave out this file's timing wrappers and the import machinery (reported as one line instead).
-    skip = ("<frozen importlib", Path(__file__).name)
-    items = [(k, v) for k, v in stats.stats.items()  # type: ignore[attr-defined]
-             if not k[0].startswith(skip[0]) and Path(k[0]).name != skip[1] and k[2] not in (
-                 "<built-in method builtins.exec>", "<built-in method builtins.__import__>", "<module>")]
-    rows = sorted(items, key=lambda kv: kv[1][3], reverse=True)[:top]
-    imports = max((v[3] for k, v in stats.stats.items() if k[2] == "_find_and_load"), default=0.0)  # type: ignore[attr-defined]
-    return [{"function": "(all imports during the run)", "ncalls": "", "tottime_s": float("nan"),
-             "cumtime_s": round(imports, 3)}] + [
-        {"function": f"{Path(file).name}:{line}({name})" if file != "~" else name, "ncalls": nc,
-         "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)}
-        for (file, line, name), (_cc, nc, tt, ct, _callers) in rows]
-
-
 def run_pipeline(store_dir: str, as_of: str, bootstrap: str | None, run_id: str,
                  profile_path: str | None = None, top: int = 15) -> dict[str, Any]:
     """train_challenger -> validate_challenger -> promote_or_reject, timed step by step."""
@@ -378,7 +355,7 @@ def run_pipeline(store_dir: str, as_of: str, bootstrap: str | None, run_id: str,
         "kafka": bool(bootstrap), "lightgbm_import_s_untimed": lightgbm_import_s,
     }
     if profiler:
-        out["top_cumtime"] = _profile_summary(profiler, profile_path, top)
+        out["top_cumtime"] = profile_summary(profiler, profile_path, top, exclude_file=__file__)
     return out
 
 
