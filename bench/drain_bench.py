@@ -128,7 +128,7 @@ def make_events(start: int, n: int, total: int, seed: int = 7) -> list[tuple[byt
 def produce(bootstrap: str, n: int, chunk: int = 100_000) -> dict[str, Any]:
     """Produce ``n`` events to TOPIC as fast as a tuned producer goes; wait for every acknowledgement."""
     from confluent_kafka import Producer
-    from flywheel.kafka_config import client_config
+    from flywheel.kafka_config import client_config, produce_waiting
 
     config = client_config(_settings(bootstrap), "producer", linger_ms=50, batch_size=1_000_000,
                            compression_type="lz4", queue_buffering_max_messages=1_000_000,
@@ -143,12 +143,7 @@ def produce(bootstrap: str, n: int, chunk: int = 100_000) -> dict[str, Any]:
                 events = make_events(start, min(chunk, n - start), n)
             generate_s += gen.seconds
             for key, value in events:
-                while True:
-                    try:
-                        producer.produce(TOPIC, value=value, key=key)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                produce_waiting(producer, TOPIC, value, key)
                 value_bytes += len(value)
                 key_bytes += len(key)
             producer.poll(0)

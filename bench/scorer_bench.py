@@ -301,7 +301,7 @@ def produce_backlog(bootstrap: str, topic: str, n: int, chunk: int = 50_000) -> 
     import orjson
     from confluent_kafka import Producer
     from flywheel.demo.generator import event_stream
-    from flywheel.kafka_config import client_config
+    from flywheel.kafka_config import client_config, produce_waiting
 
     config = client_config(_settings(bootstrap), "producer", linger_ms=50, batch_size=1_000_000,
                            compression_type="lz4", queue_buffering_max_messages=1_000_000,
@@ -324,12 +324,7 @@ def produce_backlog(bootstrap: str, topic: str, n: int, chunk: int = 50_000) -> 
         t1 = time.perf_counter()
         generate_s += t1 - t0
         for key, value in events:
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_waiting(producer, topic, value, key, on_delivery=on_delivery)
             value_bytes += len(value)
         producer.poll(0)
         produce_s += time.perf_counter() - t1

@@ -139,3 +139,17 @@ def ensure_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ConfigError(f"could not create topic {name!r}: {exc.args[0].str()}") from None
     return sorted(created)
+
+
+def produce_waiting(producer: Any, topic: str, value: bytes | None, key: bytes | None = None, **kwargs: Any) -> None:
+    """Produce, waiting for room when the client's local queue is full instead of failing.
+
+    confluent-kafka raises BufferError when ``queue.buffering.max.messages`` are pending; polling lets
+    librdkafka hand them to the broker (and run delivery callbacks) so the message can be queued.
+    """
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from flywheel.kafka_config import check_broker, ensure_topics
+from flywheel.kafka_config import check_broker, ensure_topics, produce_waiting
 from flywheel.settings import Settings
 
 from tests.fixtures.kafka_broker import unique
@@ -22,12 +22,7 @@ def test_100k_messages_across_partitions_come_back_exactly(kafka_broker, tmp_pat
     n = 100_000
     producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "linger.ms": 20, "enable.idempotence": True})
     for i in range(n):
-        while True:
-            try:
-                producer.produce(topic, key=str(i).encode(), value=f"message-{i}".encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, f"message-{i}".encode(), str(i).encode())
     assert producer.flush(60) == 0
 
     consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": unique("g"),

@@ -27,9 +27,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import Producer
 
     from flywheel.demo.generator import event_stream
-    from flywheel.demo.stream import MALFORMED, send
+    from flywheel.demo.stream import MALFORMED
     from flywheel.errors import ConfigError
-    from flywheel.kafka_config import check_broker, client_config
+    from flywheel.kafka_config import check_broker, client_config, produce_waiting
     from flywheel.specs import find_spec
 
     spec = find_spec(settings.specs_dir, args.spec)
@@ -44,10 +44,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     for i, event in enumerate(event_stream(args.events, seed=args.seed, start=start, rate_per_s=args.event_rate,
                                            drift_after=args.drift_after, prefix=args.prefix)):
         key = event.features["event_id"].encode()
-        send(producer, spec.topics.features, key, orjson.dumps(event.features))
-        send(producer, spec.topics.labels, key, orjson.dumps(event.label))
+        produce_waiting(producer, spec.topics.features, orjson.dumps(event.features), key)
+        produce_waiting(producer, spec.topics.labels, orjson.dumps(event.label), key)
         if args.bad_every and i % args.bad_every == args.bad_every - 1:
-            send(producer, spec.topics.features, b"bad", MALFORMED)
+            produce_waiting(producer, spec.topics.features, MALFORMED, b"bad")
             bad += 1
         sent += 1
         if args.rate:

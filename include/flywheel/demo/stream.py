@@ -19,19 +19,10 @@ from typing import Any
 import orjson
 
 from flywheel.demo.generator import DemoEvent, make_event
+from flywheel.kafka_config import produce_waiting
 from flywheel.specs import ModelSpec
 
 MALFORMED = b'{"event_id": "broken", "amount": "lots"}'
-
-
-def send(producer: Any, topic: str, key: bytes, value: bytes) -> None:
-    """Produce, waiting for room in the client's queue instead of failing when the broker is slow."""
-    while True:
-        try:
-            producer.produce(topic, key=key, value=value)
-            return
-        except BufferError:
-            producer.poll(0.05)
 
 
 @dataclass
@@ -54,12 +45,12 @@ def send_events(producer: Any, spec: ModelSpec, events: Iterable[DemoEvent], sen
     n = 0
     for n, event in enumerate(events, start=1):
         key = event.features["event_id"].encode()
-        send(producer, spec.topics.features, key, orjson.dumps(event.features))
-        send(producer, spec.topics.labels, key, orjson.dumps(event.label))
+        produce_waiting(producer, spec.topics.features, orjson.dumps(event.features), key)
+        produce_waiting(producer, spec.topics.labels, orjson.dumps(event.label), key)
         sent.labels[event.features["event_id"]] = event.label["is_fraud"]
         sent.phase_of[event.features["event_id"]] = phase
         if bad_every and n % bad_every == 0:
-            send(producer, spec.topics.features, b"bad", MALFORMED)
+            produce_waiting(producer, spec.topics.features, MALFORMED, b"bad")
             sent.malformed += 1
         if n % 5000 == 0:
             producer.poll(0)
@@ -139,7 +130,7 @@ class LiveStream(threading.Thread):
             event = make_event(self.rng, self.count, when, drift=drift, prefix=f"{self.prefix}{phase}-")
             event_id = event.features["event_id"]
             key = event_id.encode()
-            send(self.producer, self.spec.topics.features, key, orjson.dumps(event.features))
+            produce_waiting(self.producer, self.spec.topics.features, orjson.dumps(event.features), key)
             label = event.label | {"labelled_at": (when + timedelta(seconds=self.label_lag_s)).isoformat()}
             pending.append((now + self.label_lag_s, key, orjson.dumps(label)))
             self.sent.labels[event_id] = event.label["is_fraud"]
@@ -147,15 +138,15 @@ class LiveStream(threading.Thread):
             self.count += 1
             self.counts[phase] += 1
             if self.bad_every and self.count % self.bad_every == 0:
-                send(self.producer, self.spec.topics.features, b"bad", MALFORMED)
+                produce_waiting(self.producer, self.spec.topics.features, MALFORMED, b"bad")
                 self.sent.malformed += 1
             while pending and pending[0][0] <= now:
                 _, k, v = pending.popleft()
-                send(self.producer, self.spec.topics.labels, k, v)
+                produce_waiting(self.producer, self.spec.topics.labels, v, k)
             self.producer.poll(0)
             ahead = self.count / self.rate - (time.monotonic() - began)
             if ahead > 0:
                 time.sleep(ahead)
         for _, k, v in pending:  # the remaining labels "arrive" now
-            send(self.producer, self.spec.topics.labels, k, v)
+            produce_waiting(self.producer, self.spec.topics.labels, v, k)
         self.producer.flush(30)
