@@ -11,7 +11,6 @@ way every event of the demo is old enough minutes after it was sent instead of h
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -144,10 +143,12 @@ def wait_triggered_run(client: AirflowClient, dag_id: str, after: datetime, time
 
 
 def latest_drift_summary(store: Any, model: str) -> dict[str, Any]:
-    keys = sorted(info.key for info in store.list(f"reports/{model}/") if info.key.endswith("/summary.json"))
-    if not keys:
-        raise DemoFailed(f"the drift monitor saved no report under reports/{model}/")
-    return json.loads(store.get(keys[-1]))
+    from flywheel.monitoring.reports import latest_summary
+
+    latest = latest_summary(store, model)
+    if latest is None:
+        raise DemoFailed(f"the drift monitor saved no report for {model}")
+    return latest[1]
 
 
 def run_loop(settings: Settings, spec: ModelSpec, plan: DemoPlan, client: AirflowClient, *,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -22,15 +22,11 @@ import pyarrow.parquet as pq
 from flywheel.drain.reader import read_topic
 from flywheel.features import to_matrix
 from flywheel.models.store import ModelStore
+from flywheel.monitoring.reports import report_prefix
 from flywheel.settings import Settings
 from flywheel.specs import ModelSpec, parse_duration
 
 log = logging.getLogger(__name__)
-REPORTS_ROOT = "reports"
-
-
-def report_prefix(model: str, version: int, as_of: datetime) -> str:
-    return f"{REPORTS_ROOT}/{model}/v{version:06d}/{as_of.astimezone(UTC):%Y%m%dT%H%M%SZ}/"
 
 
 def _sample(table: pa.Table, rows: int, seed: int) -> pa.Table:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from flywheel.monitoring import reports
@@ -24,11 +24,10 @@ def store(tmp_path):
     return s
 
 
-def test_the_naming_matches_the_drift_check():
-    from flywheel.monitoring.drift import report_prefix as drift_prefix
-
-    at = datetime(2026, 11, 25, 10, 15, tzinfo=UTC)
-    assert reports.report_prefix("fraud", 2, at) == drift_prefix("fraud", 2, at) == "reports/fraud/v000002/20261125T101500Z/"
+def test_the_report_folder_names_model_version_and_check_time():
+    at = datetime(2026, 11, 25, 11, 15, tzinfo=timezone(timedelta(hours=1)))  # named in UTC
+    assert reports.report_prefix("fraud", 2, at) == "reports/fraud/v000002/20261125T101500Z/"
+    assert reports.parse_report_key(reports.report_prefix("fraud", 2, at) + "drift.html").checked_at == at
 
 
 def test_a_report_key_is_parsed():
