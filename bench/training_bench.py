@@ -195,9 +195,22 @@ def build_store(store_dir: str, rows: int, chunk_rows: int, rate_per_s: float = 
     stats["bytes_on_disk"] = {kind: sum(f.stat().st_size for f in (Path(store_dir) / "topics" / s.topic).rglob(
         "*.parquet")) for kind, s in schemas.items()}
     stats["params"] = {"rows": rows, "chunk_rows": chunk_rows, "rate_per_s": rate_per_s, "seed": seed,
-                       "start": START.isoformat(), "partitions": PARTITIONS}
+                       "start": START.isoformat(), "partitions": PARTITIONS, "file_format": file_format()}
     (Path(store_dir) / MARKER).write_text(json.dumps(stats, indent=1))
     return stats
+
+
+def file_format() -> str:
+    """What the drain's files look like (codec, dictionary policy, writer): a reused store must match it,
+    or the benchmark would time reading files the drain no longer writes."""
+    import hashlib
+    import inspect
+
+    from flywheel.drain import runner
+    from flywheel.storage import parquet
+
+    writer = inspect.getsource(runner._dictionary_columns) + inspect.getsource(parquet.table_bytes)
+    return f"{_settings(str(STORE_DIR)).parquet_compression}-{hashlib.sha256(writer.encode()).hexdigest()[:12]}"
 
 
 def prepare_store(rows: int, chunk_rows: int, reuse: bool, log_dir: Path) -> dict[str, Any]:
@@ -206,7 +219,7 @@ def prepare_store(rows: int, chunk_rows: int, reuse: bool, log_dir: Path) -> dic
     if reuse and marker.exists():
         stats = json.loads(marker.read_text())
         wanted = {"rows": rows, "chunk_rows": chunk_rows, "rate_per_s": RATE_PER_S, "seed": SEED,
-                  "start": START.isoformat(), "partitions": PARTITIONS}
+                  "start": START.isoformat(), "partitions": PARTITIONS, "file_format": file_format()}
         if stats.get("params") == wanted:
             wipe_models()
             return {**stats, "reused": True}

@@ -30,7 +30,15 @@ def feature_schema(spec: ModelSpec, table: pa.Table | None = None) -> list[dict[
 def column_to_float(column: pa.ChunkedArray | pa.Array, entry: dict[str, Any]) -> np.ndarray:
     """One feature column as float64 with NaN for missing (LightGBM's missing value)."""
     if entry["type"] == "category":
-        index = {c: float(i) for i, c in enumerate(entry.get("categories", []))}
+        categories = entry.get("categories", [])
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            # Position in the learned vocabulary; unseen values and nulls are missing (NaN).
+            positions = pc.index_in(column, value_set=pa.array(categories, type=pa.string()))
+            return np.asarray(pc.fill_null(pc.cast(positions, pa.float64()), np.nan).to_numpy(zero_copy_only=False),
+                              dtype=np.float64)
+        index = {c: float(i) for i, c in enumerate(categories)}
         return np.array([index.get(v, np.nan) if v is not None else np.nan for v in column.to_pylist()], dtype=np.float64)
     if pa.types.is_boolean(column.type):
         column = pc.cast(column, pa.float64())

@@ -60,6 +60,8 @@ class Settings:
     #: Consumer-group prefix; the drain and the scorers derive their group ids from it.
     group_prefix: str = "flywheel"
     broker_timeout_s: float = 10.0
+    #: Parquet codec of everything stored (see flywheel.storage.parquet for the trade-off).
+    parquet_compression: str = "lz4"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -89,6 +91,13 @@ class Settings:
         except ValueError:
             raise ConfigError(f"FLYWHEEL_BROKER_TIMEOUT_S must be a number of seconds, got {timeout_raw!r}") from None
 
+        from flywheel.storage.parquet import COMPRESSIONS
+
+        compression = (get("PARQUET_COMPRESSION", cls.parquet_compression) or "").lower()
+        if compression not in COMPRESSIONS:
+            raise ConfigError(f"FLYWHEEL_PARQUET_COMPRESSION must be one of {', '.join(COMPRESSIONS)}, "
+                              f"got {compression!r}")
+
         store_url = get("STORE_URL") or (home / ".local" / "store").as_uri()
         return cls(
             home=home,
@@ -105,6 +114,7 @@ class Settings:
             alerts_topic=get("ALERTS_TOPIC", cls.alerts_topic) or "",
             group_prefix=get("GROUP_PREFIX", cls.group_prefix) or "",
             broker_timeout_s=timeout,
+            parquet_compression=compression,
         )
 
     def open_store(self) -> ObjectStore:

@@ -43,8 +43,23 @@ def test_consumer_never_auto_commits_and_producer_is_idempotent(tmp_path):
         ({"FLYWHEEL_KAFKA_CONFIG_JSON": "{nope"}, "FLYWHEEL_KAFKA_CONFIG_JSON is not valid JSON"),
         ({"FLYWHEEL_KAFKA_CONFIG_JSON": "[1]"}, "must be a JSON object"),
         ({"FLYWHEEL_BROKER_TIMEOUT_S": "soon"}, "FLYWHEEL_BROKER_TIMEOUT_S must be a number"),
+        ({"FLYWHEEL_PARQUET_COMPRESSION": "lzma"}, "FLYWHEEL_PARQUET_COMPRESSION must be one of lz4, zstd"),
     ],
 )
 def test_bad_settings_say_which_variable(tmp_path, env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({"FLYWHEEL_HOME": str(tmp_path), **env})
+
+
+@pytest.mark.parametrize("codec", ["lz4", "ZSTD", "none"])
+def test_parquet_codec_is_a_setting_and_files_read_back(tmp_path, codec):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from flywheel.storage.parquet import table_bytes
+
+    settings = Settings.from_env({"FLYWHEEL_HOME": str(tmp_path), "FLYWHEEL_PARQUET_COMPRESSION": codec})
+    assert settings.parquet_compression == codec.lower()
+    table = pa.table({"x": [1.5, None, 3.0], "k": ["a", "b", "a"]})
+    data = table_bytes(table, compression=settings.parquet_compression)
+    assert pq.read_table(pa.BufferReader(data)).equals(table)
+    assert Settings.from_env({"FLYWHEEL_HOME": str(tmp_path)}).parquet_compression == "lz4"

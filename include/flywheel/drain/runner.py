@@ -9,7 +9,6 @@ backlog is caught up over several runs.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import socket
@@ -24,7 +23,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from confluent_kafka import Message
 
 from flywheel.drain import layout
@@ -36,6 +34,7 @@ from flywheel.errors import BrokerUnavailable, ConfigError, FlywheelError
 from flywheel.kafka_config import client_config
 from flywheel.settings import Settings
 from flywheel.storage import ObjectStore
+from flywheel.storage.parquet import table_bytes
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +123,8 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
             and not (pa.types.is_floating(f.type) or pa.types.is_timestamp(f.type))]
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", write_statistics=True,
-                   use_dictionary=_dictionary_columns(table.schema))
-    return buffer.getvalue()
+def _parquet_bytes(table: pa.Table, compression: str) -> bytes:
+    return table_bytes(table, compression=compression, use_dictionary=_dictionary_columns(table.schema))
 
 
 def _close_bounded(consumer: Any, timeout_s: float, topic: str) -> None:
@@ -204,7 +200,7 @@ class TopicDrain:
         for hour in distinct:
             part = table if len(distinct) == 1 else table.filter(from_numpy(hours == hour, pa.bool_()))
             key = layout.data_key(self.topic, layout.hour_bucket(int(hour)), partition, start, end)
-            self.store.put(key, _parquet_bytes(part))
+            self.store.put(key, _parquet_bytes(part, self.settings.parquet_compression))
             offsets = part.column("_offset")
             files.append({"key": key, "rows": part.num_rows, "min_offset": pc.min(offsets).as_py(),
                           "max_offset": pc.max(offsets).as_py()})
@@ -225,7 +221,7 @@ class TopicDrain:
         }, schema=REJECTED_SCHEMA)
         bucket = layout.hour_bucket(rejected[0].timestamp_ms // 3_600_000)
         key = layout.rejected_key(self.topic, bucket, partition, start, end)
-        self.store.put(key, _parquet_bytes(table))
+        self.store.put(key, _parquet_bytes(table, self.settings.parquet_compression))
         return [key]
 
     def _dead_letter(self, producer: Any, rejected: list[Rejected], partition: int) -> None:

@@ -8,7 +8,6 @@ Each step reads its inputs from the model store, so steps hand on only the versi
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -20,10 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flywheel.memory import batch_memory
 from flywheel.models.events import publish_model_event
 from flywheel.models.store import ModelIntegrityError, ModelStore, ModelStoreError
 from flywheel.settings import Settings
 from flywheel.specs import ModelSpec
+from flywheel.storage.parquet import table_bytes
 from flywheel.training import model as lgbm
 from flywheel.training.dataset import NotEnoughData, Split, load_training_data, window_for
 from flywheel.training.gates import evaluate_gates
@@ -31,12 +32,10 @@ from flywheel.training.gates import evaluate_gates
 log = logging.getLogger(__name__)
 
 
-def _parquet(table: pa.Table, *, dictionary: bool = True) -> bytes:
+def _parquet(table: pa.Table, compression: str, *, dictionary: bool = True) -> bytes:
     """``dictionary=False`` for nearly unique columns (the holdout's encoded floats and ids), where
     Parquet would build a dictionary per column only to abandon it."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", use_dictionary=dictionary)
-    return buffer.getvalue()
+    return table_bytes(table, compression=compression, use_dictionary=dictionary)
 
 
 def _split_table(split: Split, names: list[str]) -> pa.Table:
@@ -50,6 +49,7 @@ def _read_split(data: bytes, names: list[str]) -> Split:
     return Split(X, table.column("_label").to_numpy(), table.column("_id"))
 
 
+@batch_memory()
 def train_challenger(settings: Settings, spec: ModelSpec, *, as_of: datetime, run_id: str = "",
                      window: str | None = None, label_delay: str | None = None) -> dict[str, Any]:
     """Train on the window ending at ``as_of``; return {"status": "trained", "version": N} or a skip reason."""
@@ -86,13 +86,16 @@ def train_challenger(settings: Settings, spec: ModelSpec, *, as_of: datetime, ru
     }
     models.write_version(spec.name, version, trained.text, metadata, extra_files={
         "model.onnx": onnx_bytes,
-        "holdout.parquet": _parquet(_split_table(data.holdout, names), dictionary=False),
-        "reference.parquet": _parquet(data.reference) if data.reference is not None else b"",
+        "holdout.parquet": _parquet(_split_table(data.holdout, names), settings.parquet_compression,
+                                    dictionary=False),
+        "reference.parquet": _parquet(data.reference, settings.parquet_compression)
+        if data.reference is not None else b"",
     })
     log.info("%s: trained v%d on %s", spec.name, version, data.counts)
     return {"status": "trained", "version": version, "rows": data.counts}
 
 
+@batch_memory()
 def validate_challenger(settings: Settings, spec: ModelSpec, version: int) -> dict[str, Any]:
     """Score challenger and champion on the challenger's holdout; record every gate with its value."""
     models = ModelStore(settings.open_store())

@@ -189,12 +189,12 @@ elif point == "mid_files":
         calls["n"] += 1
         calls["armed"][threading.get_ident()] = calls["n"] == nth
         return write_rows(self, *args, **kwargs)
-    def dying_parquet_bytes(table):
+    def dying_parquet_bytes(table, *args):
         if calls["armed"].get(threading.get_ident()):
             calls["files"] += 1
             if calls["files"] == 2:
                 os._exit(137)
-        return parquet_bytes(table)
+        return parquet_bytes(table, *args)
     runner.TopicDrain._write_rows = counting_write_rows
     runner._parquet_bytes = dying_parquet_bytes
 else:

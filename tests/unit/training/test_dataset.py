@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from flywheel.training.keys import first_per_code, shared_codes, time_then_key_order
 
@@ -14,6 +15,29 @@ def test_shared_codes_agree_across_tables_and_nulls_join_nothing():
     assert f[3] == -1 and lab[3] == -1
     assert len({f[0], f[1], f[2], lab[2]}) == 4
 
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.binary()])
+def test_bucketed_codes_are_equal_exactly_for_equal_keys(kind):
+    """Above the bucketing threshold: same partition of rows into equal keys as one dictionary gives,
+    across tables, with empty strings, nulls, repeats and chunks cut mid-way."""
+    rng = np.random.default_rng(5)
+    pool = ["", "e", "e1", "1e", "uuid-" * 3, *[f"e{i}" for i in rng.integers(0, 60_000, 4_000)],
+            *[str(rng.bytes(int(n)).hex()) for n in rng.integers(1, 20, 4_000)]]
+    picks = rng.integers(0, len(pool), 150_000)
+    values = [None if i % 97 == 0 else pool[i] for i in picks]
+    as_type = (lambda v: [x.encode() if x is not None else None for x in v]) if kind == pa.binary() else (lambda v: v)
+    whole = pa.array(as_type(values), type=kind)
+    features = pa.chunked_array([whole.slice(0, 70_001), whole.slice(70_001, 10_000)])
+    labels = pa.chunked_array([whole.slice(80_001)])
+    f, lab = shared_codes(features, labels)
+    codes = np.concatenate([f, lab])
+    assert ((codes == -1) == np.array([v is None for v in values])).all()
+    expected = pc.dictionary_encode(whole).indices.to_numpy(zero_copy_only=False)
+    valid = codes >= 0
+    # Same grouping: a code maps to one expected index and back.
+    pairs = np.unique(np.stack([codes[valid], expected[valid].astype(np.int64)]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 def test_unique_codes_keep_every_row():
     assert first_per_code(np.array([3, 1, 2]), np.array([9, 9, 9])).tolist() == [0, 1, 2]
