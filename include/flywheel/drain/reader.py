@@ -52,7 +52,8 @@ def _read(store: ObjectStore, key: str, columns: Sequence[str] | None) -> pa.Tab
     parquet = pq.ParquetFile(pa.BufferReader(store.get(key)))
     if not columns:
         return parquet.read(use_threads=False)
-    missing = [c for c in columns if c not in parquet.schema_arrow.names]
+    present = set(parquet.schema_arrow.names)  # a property that converts the schema on every access
+    missing = [c for c in columns if c not in present]
     if missing:
         raise pa.ArrowInvalid(f"No match for FieldRef.Name({missing[0]}) in {key}")
     return parquet.read(columns=list(columns), use_threads=False).select(list(columns))

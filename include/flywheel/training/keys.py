@@ -39,7 +39,7 @@ def shared_codes(*keys: pa.ChunkedArray) -> list[np.ndarray]:
 
 #: Below this many keys one dictionary is cheap enough; above it, buckets pay for their gathers.
 _BUCKETED_FROM = 65_536
-_BUCKETS = 8
+_BUCKETS = 8  # the top three bits of _bucket_of's 32-bit mix
 
 
 def _codes(values: pa.Array) -> np.ndarray:
@@ -72,19 +72,25 @@ def _encode(values: pa.Array) -> np.ndarray:
 
 
 def _bucket_of(values: pa.Array) -> np.ndarray:
-    """A bucket number per string from its length and last four bytes: a function of the string alone."""
+    """A bucket number per string from its length and its last two bytes: a function of the string
+    alone (bytes before a short string's start are never read), in a few passes over 32-bit ints."""
     offset_type = np.int64 if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type) \
         else np.int32
     offsets = np.frombuffer(values.buffers()[1], dtype=offset_type)[values.offset:values.offset + len(values) + 1]
-    data = values.buffers()[2]
-    data = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(1, dtype=np.uint8)
-    ends = offsets[1:].astype(np.int64)
-    lengths = ends - offsets[:-1]
-    mixed = lengths.astype(np.uint64) * np.uint64(0x9E3779B1)
-    for back in range(1, 5):
-        byte = np.where(lengths >= back, data[np.clip(ends - back, 0, len(data) - 1)], 0).astype(np.uint64)
-        mixed = (mixed ^ byte) * np.uint64(0x100000001B3)
-    return ((mixed >> np.uint64(29)) % np.uint64(_BUCKETS)).astype(np.int64)
+    buffer = values.buffers()[2]
+    # Two zero bytes in front, so the last two bytes of any string can be read without a bounds check.
+    data = np.zeros(2 + (buffer.size if buffer is not None else 0), dtype=np.uint8)
+    if buffer is not None and buffer.size:
+        data[2:] = np.frombuffer(buffer, dtype=np.uint8)
+    ends = offsets[1:] + 2
+    lengths = (offsets[1:] - offsets[:-1]).astype(np.uint32)
+    last = data[ends - 1].astype(np.uint32)
+    second = data[ends - 2].astype(np.uint32)
+    # A byte before the string's start (lengths 0 and 1) must not count: mask it out.
+    last *= lengths >= 1
+    second *= lengths >= 2
+    mixed = (last * np.uint32(31) + second) * np.uint32(0x9E3779B1) + lengths * np.uint32(0x85EBCA6B)
+    return (mixed >> np.uint32(29)).astype(np.int64)
 
 
 def first_per_code(codes: np.ndarray, *order: np.ndarray) -> np.ndarray:
