@@ -8,7 +8,9 @@ Setup (not measured): ``--rows`` fraud events (``flywheel.demo.generator.event_s
 labels, into a private local store (.local/bench-training-store) exactly as the drain writes them:
 records are spread over 4 partitions by key (CRC32, as librdkafka's consistent partitioner), cut into
 chunks of ``--chunk-rows`` per partition, decoded by the drain's own ``decode_batch`` and written one
-Parquet file per event hour by ``TopicDrain._write_rows``. No Kafka is involved in the setup.
+Parquet file per event hour by ``TopicDrain._write_rows``; then, as the drain task does after each run,
+the partitions' checkpoints are committed and ``drain.compact.compact_topic`` merges each settled hour
+into one file (here every hour is settled). No Kafka is involved in the setup.
 
 Measured, each contender in its own process (``bench.common.run_function``) so its peak RSS is its own:
 
@@ -130,7 +132,9 @@ def build_store(store_dir: str, rows: int, chunk_rows: int, rate_per_s: float = 
     import orjson
     from flywheel.demo.generator import event_stream
     from flywheel.drain import limits_for
+    from flywheel.drain.compact import compact_topic
     from flywheel.drain.decode import RawBatch, decode_batch
+    from flywheel.drain.ledger import PartitionLedger
     from flywheel.drain.runner import TopicDrain
     from flywheel.drain.schema import topic_schemas
 
@@ -191,6 +195,19 @@ def build_store(store_dir: str, rows: int, chunk_rows: int, rate_per_s: float = 
     stats["generate_s"] += time.perf_counter() - gen_started
     for kind, p in list(buffers):
         flush(kind, p)
+    # What the drain task does after draining: commit (the checkpoint passes every chunk) and compact
+    # settled hours into one file each. Every hour here is settled (the drain DAG leaves only the
+    # newest hour, within its settle time, as separate files).
+    started_compaction = time.perf_counter()
+    stats["compaction"] = {}
+    for kind, schema in schemas.items():
+        for p in range(PARTITIONS):
+            PartitionLedger(store, schema.topic, p, "bench-training-setup", 60).advance_checkpoint(next_offset[(kind, p)])
+        stats["compaction"][kind] = compact_topic(store, schema.topic, settle=timedelta(0),
+                                                  compression=settings.parquet_compression)
+    stats["compact_s"] = time.perf_counter() - started_compaction
+    stats["files_after_compaction"] = {kind: sum(1 for _ in store.list(f"topics/{s.topic}/"))
+                                       for kind, s in schemas.items()}
     stats["seconds"] = time.perf_counter() - started
     stats["bytes_on_disk"] = {kind: sum(f.stat().st_size for f in (Path(store_dir) / "topics" / s.topic).rglob(
         "*.parquet")) for kind, s in schemas.items()}
@@ -209,7 +226,8 @@ def file_format() -> str:
     from flywheel.drain import runner
     from flywheel.storage import parquet
 
-    writer = inspect.getsource(runner._dictionary_columns) + inspect.getsource(parquet.table_bytes)
+    writer = inspect.getsource(runner._dictionary_columns) + inspect.getsource(parquet.table_bytes) \
+        + "compacted hourly"
     return f"{_settings(str(STORE_DIR)).parquet_compression}-{hashlib.sha256(writer.encode()).hexdigest()[:12]}"
 
 
@@ -611,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     setup = prepare_store(args.rows, args.chunk_rows, args.reuse_store, log_dir / "setup")
     print(f"setup: done in {time.perf_counter() - started:.0f} s ({'reused' if setup['reused'] else 'built'}; "
-          f"files {setup['files']}, rows {setup['rows']})", flush=True)
+          f"files {setup['files']}, after compaction {setup.get('files_after_compaction')}, rows {setup['rows']})", flush=True)
 
     imports = run_function(import_costs, timeout_s=600, log_dir=log_dir / "imports").check().result["value"]
     limits: list[dict[str, Any]] = []

@@ -4,7 +4,9 @@
 Copies every topic the model specs name (features, labels, predictions) from Kafka into the object
 store as Parquet, exactly once. One task per topic; each run is bounded in records and seconds, so a
 backlog is caught up over several runs. Bad events are set aside under `rejected/` (and `<topic>.dlq`)
-with their reason. A topic with new rows updates its `flywheel.drained.<topic>` asset.
+with their reason. A topic with new rows updates its `flywheel.drained.<topic>` asset. After draining,
+each task merges the small files of its topic's settled hours (committed, written over an hour ago)
+into one file per hour, without a reader ever seeing a row twice.
 
 Manual runs take **topics** (empty: all) and optional **max_records** / **max_seconds** overrides.
 """

@@ -28,7 +28,8 @@ def demo_topics(spec: ModelSpec) -> list[str]:
 def store_prefixes(spec: ModelSpec) -> list[str]:
     prefixes = [f"{MODELS_ROOT}/{spec.name}/", f"reports/{spec.name}/", state_key(spec.name)]
     for topic in spec.drained_topics:
-        prefixes += [layout.topic_data_prefix(topic), f"{layout.REJECTED_ROOT}/{topic}/", f"{layout.LEDGER_ROOT}/{topic}/"]
+        prefixes += [layout.topic_data_prefix(topic), f"{layout.REJECTED_ROOT}/{topic}/", f"{layout.LEDGER_ROOT}/{topic}/",
+                     layout.compaction_prefix(topic)]
     return prefixes
 
 

@@ -7,11 +7,13 @@ where a partition stopped. Offsets are zero-padded so names sort in offset order
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 DATA_ROOT = "topics"
 REJECTED_ROOT = "rejected"
 LEDGER_ROOT = "_drain"
+COMPACTION_ROOT = "_compaction"
 
 
 def _range(topic: str, partition: int, start: int, end: int) -> str:
@@ -53,3 +55,28 @@ def intent_key(topic: str, partition: int, start: int) -> str:
 def checkpoint_key(topic: str, partition: int) -> str:
     """Where the partition stopped, advanced by compare-and-swap after each committed chunk."""
     return f"{partition_ledger_prefix(topic, partition)}checkpoint.json"
+
+
+#: A drain file's name: ``<topic>+<partition>+<first offset>-<last offset>.parquet`` (of its chunk).
+_SOURCE_NAME = re.compile(r"\+(\d+)\+(\d{20})-(\d{20})\.parquet$")
+COMPACTED_MARK = "+compacted+"
+
+
+def source_range(key: str) -> tuple[int, int, int] | None:
+    """(partition, first offset, last offset) of the chunk a drain file came from; None for others."""
+    match = _SOURCE_NAME.search(key)
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3))) if match else None
+
+
+def compacted_key(topic: str, bucket: str, digest: str) -> str:
+    """One hour's files merged into one; named by a digest of the merged names, so a retry rewrites it."""
+    return f"{DATA_ROOT}/{topic}/{bucket}/{topic}{COMPACTED_MARK}{digest}.parquet"
+
+
+def compaction_prefix(topic: str) -> str:
+    return f"{COMPACTION_ROOT}/{topic}/"
+
+
+def compaction_key(topic: str, bucket: str) -> str:
+    """The record of a compaction in progress in ``bucket`` (also its lock)."""
+    return f"{compaction_prefix(topic)}{bucket.replace('/', '_')}.json"

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel.drain import layout
+from flywheel.errors import ObjectNotFound
 from flywheel.storage import ObjectInfo, ObjectStore
 
 _BUCKET = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/")
@@ -61,11 +62,33 @@ def _read(store: ObjectStore, key: str, columns: Sequence[str] | None) -> pa.Tab
 
 def read_topic(store: ObjectStore, topic: str, since: datetime | None = None, until: datetime | None = None,
                columns: Sequence[str] | None = None, *, rejected: bool = False) -> pa.Table | None:
-    """All drained rows of ``topic`` in the window, or None when nothing was drained there yet."""
+    """All drained rows of ``topic`` in the window, or None when nothing was drained there yet.
+
+    Consistent with compaction running meanwhile (see ``drain.compact``): files are listed before
+    compaction records, a record whose merged file was listed hides the files it merged, and a file
+    that disappears between listing and reading (its compaction finished) makes the read start over.
+    """
+    from flywheel.drain.compact import hidden_sources
+
     root = layout.REJECTED_ROOT if rejected else layout.DATA_ROOT
-    keys = [info.key for info in data_files(store, topic, since, until, root=root)]
-    if not keys:
-        return None
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        tables = list(pool.map(lambda k: _read(store, k, columns), keys))
-    return pa.concat_tables(tables, promote_options="default")
+    for attempt in range(_ATTEMPTS):
+        keys = [info.key for info in data_files(store, topic, since, until, root=root)]
+        if not keys:
+            return None
+        if not rejected:
+            hidden = hidden_sources(store, topic, set(keys))
+            keys = [k for k in keys if k not in hidden]
+        try:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                tables = list(pool.map(lambda k: _read(store, k, columns), keys))
+        except ObjectNotFound:
+            if attempt == _ATTEMPTS - 1:
+                raise
+            continue
+        return pa.concat_tables(tables, promote_options="default")
+    raise AssertionError("unreachable")
+
+
+#: Each listing after a vanished file sees the compactions that finished meanwhile; a read gives up
+#: (with ObjectNotFound) only if compactions keep finishing under it three times in a row.
+_ATTEMPTS = 3

@@ -15,14 +15,19 @@ def drain_for_run(topic: str, params: dict[str, Any], owner: str) -> dict[str, A
 
     from flywheel.airflow_support import settings_from_airflow
     from flywheel.drain import drain_topic
+    from flywheel.drain.compact import compact_topic
 
     selected = params.get("topics") or []
     if selected and topic not in selected:
         raise AirflowSkipException(f"{topic} is not among this run's topics {selected}")
+    settings = settings_from_airflow()
     summary = drain_topic(
-        settings_from_airflow(), topic, owner=owner,
+        settings, topic, owner=owner,
         max_records=params.get("max_records"), max_seconds=params.get("max_seconds"), workers=params.get("workers"),
     )
+    # Settled hours are merged into one file each here, so readers never face thousands of small files.
+    summary["compaction"] = compact_topic(settings.open_store(), topic, compression=settings.parquet_compression,
+                                          owner=owner)
     if summary["rows"] == 0 and summary["rejected"] == 0:
         raise AirflowSkipException(f"nothing new on {topic} (partitions at {summary['partitions']})")
     return summary

@@ -61,3 +61,40 @@ def test_types_follow_the_spec_and_extra_fields_are_kept(make_env):
     assert str(table.schema.field("event_time").type) == "timestamp[us, tz=UTC]"
     extras = [x for x in table.column("_extra").to_pylist() if x]
     assert [orjson.loads(x) for x in extras] == [{"brand_new_field": {"nested": [1, 2]}}]
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_compaction_keeps_every_row_once_and_leaves_one_file_per_hour(make_env, backend):
+    from datetime import timedelta
+
+    import pyarrow.compute as pc
+    from flywheel.drain import layout
+    from flywheel.drain.compact import compact_topic
+
+    env = make_env(backend, drain__flush_rows=700)
+    topic = env.spec.topics.features
+    env.produce_json(topic, _events(3000))
+    drain_topic(env.settings, topic)
+    env.produce_json(topic, _events(1500, prefix="late"))  # the same event hours, drained later
+    drain_topic(env.settings, topic)
+
+    def ordered(table):
+        return table.take(pc.sort_indices(table, sort_keys=[("_partition", "ascending"), ("_offset", "ascending")]))
+
+    before = ordered(read_topic(env.store, topic))
+    files_before = [i.key for i in env.store.list(layout.topic_data_prefix(topic))]
+    hours = {k.rsplit("/", 1)[0] for k in files_before}
+    assert len(files_before) > 2 * len(hours)
+
+    summary = compact_topic(env.store, topic, settle=timedelta(0), compression=env.settings.parquet_compression)
+    assert summary["files_merged"] == len(files_before) and summary["rows"] == 4500
+    files_after = [i.key for i in env.store.list(layout.topic_data_prefix(topic))]
+    assert sorted(k.rsplit("/", 1)[0] for k in files_after) == sorted(hours)  # one file per hour
+    after = ordered(read_topic(env.store, topic))
+    assert after.equals(before)
+
+    # The drain goes on after compaction: new rows land beside the merged files, once.
+    env.produce_json(topic, _events(500, prefix="more"))
+    assert drain_topic(env.settings, topic)["rows"] == 500
+    assert read_topic(env.store, topic).num_rows == 5000
+    assert len(set(read_topic(env.store, topic).column("event_id").to_pylist())) == 5000
