@@ -131,7 +131,7 @@ def load_training_data(store: ObjectStore, spec: ModelSpec, window: Window, *, r
     if labels is None:
         raise NotEnoughData(f"no drained labels on {spec.topics.labels} since {window.start}")
     counts = {"feature_rows_read": features.num_rows, "label_rows_read": labels.num_rows}
-    keys = plain(features.column(key))
+    keys = pa.chunked_array([plain(features.column(key)).combine_chunks()])  # one chunk: cheaper takes below
     feature_codes, label_codes = shared_codes(keys, labels.column(label_key))
 
     # Feature rows in the window with a key, by position in ``features``.

@@ -101,36 +101,21 @@ def validate_challenger(settings: Settings, spec: ModelSpec, version: int) -> di
     models = ModelStore(settings.open_store())
     challenger = models.get_version(spec.name, version)
     names = [e["name"] for e in challenger.metadata["feature_schema"]]
-    model_text = models.load_file(spec.name, version)
-    booster = lgbm.load_booster(model_text)
     holdout = _read_split(models.load_file(spec.name, version, "holdout.parquet"), names)
     onnx_bytes = models.load_file(spec.name, version, "model.onnx")
     champion, champion_etag = models.champion_with_etag(spec.name)
-    champion_metrics = None
-    champion_problem: str | None = None
-    # The ONNX check (ONNX Runtime on every holdout row, one thread) runs while LightGBM scores the
-    # challenger and the champion: neither alone keeps both cores busy, together they mostly do.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # Three single-threaded jobs side by side: ONNX Runtime on every holdout row, LightGBM on the
+    # challenger, LightGBM on the champion. CPU-bound all three; one thread each keeps both cores
+    # busy without OpenMP threads of one job waiting at barriers for cores the others hold.
+    with ThreadPoolExecutor(max_workers=2) as pool:
         onnx_run = pool.submit(lgbm.onnx_probabilities, onnx_bytes, holdout.X, threads=1)
-        scores = lgbm.predict(booster, holdout.X)
+        champion_run = pool.submit(_champion_metrics, models, spec, champion, names, holdout, version) \
+            if champion is not None else None
+        model_text = models.load_file(spec.name, version)
+        booster = lgbm.load_booster(model_text)
+        scores = lgbm.predict(booster, holdout.X, threads=1)
         metrics = lgbm.evaluate(scores, holdout, spec.scoring.threshold)
-        if champion is not None:
-            champ_version = models.get_version(spec.name, champion.version)
-            champ_names = [e["name"] for e in champ_version.metadata["feature_schema"]]
-            if champ_names == names:
-                try:
-                    champ_booster = lgbm.load_booster(models.load_file(spec.name, champion.version))
-                except ModelIntegrityError as exc:
-                    # A damaged champion must not block every retraining until someone rolls back by hand:
-                    # the challenger is judged on the absolute gates, and the report says why.
-                    champion_problem = f"champion v{champion.version} is unreadable: {exc}"
-                    log.error("%s: %s; judging v%d on the absolute gates only", spec.name, champion_problem, version)
-                else:
-                    champion_metrics = lgbm.evaluate(lgbm.predict(champ_booster, holdout.X), holdout,
-                                                     spec.scoring.threshold)
-            else:
-                log.warning("%s: champion v%d has other features; comparing on absolute gates only", spec.name,
-                            champion.version)
+        champion_metrics, champion_problem = champion_run.result() if champion_run else (None, None)
         onnx_probabilities = onnx_run.result()
     counts = challenger.metadata["row_counts"]
     # Every holdout row, against the LightGBM scores above (no second LightGBM pass).
@@ -157,6 +142,26 @@ def validate_challenger(settings: Settings, spec: ModelSpec, version: int) -> di
                      json.dumps(report, sort_keys=True, default=str).encode(), if_none_match=True)
     return {"version": version, "passed": report["passed"], "auc": metrics["auc"],
             "failed": [g.name for g in gates if not g.passed]}
+
+
+def _champion_metrics(models: ModelStore, spec: ModelSpec, champion: Any, names: list[str], holdout: Split,
+                      version: int) -> tuple[dict[str, float] | None, str | None]:
+    """The champion's metrics on the challenger's holdout, or why there are none."""
+    champ_names = [e["name"] for e in models.get_version(spec.name, champion.version).metadata["feature_schema"]]
+    if champ_names != names:
+        log.warning("%s: champion v%d has other features; comparing on absolute gates only", spec.name,
+                    champion.version)
+        return None, None
+    try:
+        champ_booster = lgbm.load_booster(models.load_file(spec.name, champion.version))
+    except ModelIntegrityError as exc:
+        # A damaged champion must not block every retraining until someone rolls back by hand:
+        # the challenger is judged on the absolute gates, and the report says why.
+        problem = f"champion v{champion.version} is unreadable: {exc}"
+        log.error("%s: %s; judging v%d on the absolute gates only", spec.name, problem, version)
+        return None, problem
+    scores = lgbm.predict(champ_booster, holdout.X, threads=1)
+    return lgbm.evaluate(scores, holdout, spec.scoring.threshold), None
 
 
 def promote_or_reject(settings: Settings, spec: ModelSpec, version: int, *, run_id: str = "") -> dict[str, Any]:
