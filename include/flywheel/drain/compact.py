@@ -48,6 +48,22 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SETTLE = timedelta(hours=1)
 DEFAULT_LEASE_S = 600.0
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+def _groups(infos: list[ObjectInfo], max_bytes: int) -> list[list[str]]:
+    """Consecutive runs of files of at most ``max_bytes`` together; runs of one file are left alone."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for info in infos:
+        if current and size + info.size > max_bytes:
+            groups.append(current)
+            current, size = [], 0
+        current.append(info.key)
+        size += info.size
+    groups.append(current)
+    return [g for g in groups if len(g) >= 2]
 
 
 def checkpoints(store: ObjectStore, topic: str) -> dict[int, int]:
@@ -88,8 +104,12 @@ def hidden_sources(store: ObjectStore, topic: str, listed: set[str]) -> set[str]
 
 def compact_topic(store: ObjectStore, topic: str, *, settle: timedelta = DEFAULT_SETTLE,
                   lease_s: float = DEFAULT_LEASE_S, compression: str = DEFAULT_COMPRESSION,
-                  now: datetime | None = None, owner: str = "") -> dict[str, Any]:
-    """Merge each hour folder's settled, committed files of ``topic``; returns what was done."""
+                  now: datetime | None = None, owner: str = "", max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Merge each hour folder's settled, committed files of ``topic``; returns what was done.
+
+    An hour holding more than ``max_bytes`` of files becomes several merged files of at most that
+    size each (a merge holds its files in memory), and files already that large stay as they are.
+    """
     started = time.perf_counter()
     summary: dict[str, Any] = {"topic": topic, "hours": 0, "files_merged": 0, "rows": 0, "recovered": 0,
                                "busy": 0}
@@ -100,16 +120,19 @@ def compact_topic(store: ObjectStore, topic: str, *, settle: timedelta = DEFAULT
     for info in data_files(store, topic):
         by_bucket[_bucket(info.key)].append(info)
     for bucket, infos in sorted(by_bucket.items()):
-        sources = sorted(i.key for i in infos if _mergeable(i, committed, settled_before))
-        if len(sources) < 2 or bucket in busy:
+        if bucket in busy:
             continue
-        rows = _merge(store, topic, bucket, sources, compression=compression, owner=owner)
-        if rows is None:
-            summary["busy"] += 1
-            continue
-        summary["hours"] += 1
-        summary["files_merged"] += len(sources)
-        summary["rows"] += rows
+        merged_any = False
+        for sources in _groups(sorted((i for i in infos if _mergeable(i, committed, settled_before)),
+                                      key=lambda i: i.key), max_bytes):
+            rows = _merge(store, topic, bucket, sources, compression=compression, owner=owner)
+            if rows is None:
+                summary["busy"] += 1
+                break
+            merged_any = True
+            summary["files_merged"] += len(sources)
+            summary["rows"] += rows
+        summary["hours"] += merged_any
     summary["seconds"] = round(time.perf_counter() - started, 3)
     if summary["hours"] or summary["recovered"]:
         log.info("%s: compacted %d files into %d hour files (%d rows); %d interrupted compactions finished",
