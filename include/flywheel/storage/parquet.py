@@ -11,9 +11,10 @@ Any codec reads back transparently, so changing it needs no migration.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # the settings import this module for its names: no Arrow at DAG parse time
+    import pyarrow as pa
 
 #: Codecs pyarrow writes, by the names the setting accepts.
 COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "brotli", "none")
@@ -23,6 +24,8 @@ DEFAULT_COMPRESSION = "lz4"
 def table_bytes(table: pa.Table, *, compression: str = DEFAULT_COMPRESSION,
                 use_dictionary: bool | list[str] = True) -> bytes:
     """``table`` as one Parquet file, with column statistics (readers skip by them)."""
+    import pyarrow.parquet as pq
+
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=compression, write_statistics=True, use_dictionary=use_dictionary)
     return buffer.getvalue()
