@@ -294,10 +294,13 @@ def ensure_quix_venv() -> Path:
 
 
 def run_quix(python: Path, bootstrap: str, group: str, expected: int, log_dir: Path) -> Measured:
+    from flywheel.storage.parquet import DEFAULT_COMPRESSION
+
     work = fresh_dir(QUIX_WORK_DIR)
     return run_measured(
         [str(python), str(QUIX_SCRIPT), "--bootstrap", bootstrap, "--topic", TOPIC, "--group", group,
-         "--out-dir", "parquet", "--state-dir", "state", "--count", str(expected), "--idle-timeout", "60"],
+         "--out-dir", "parquet", "--state-dir", "state", "--count", str(expected), "--idle-timeout", "60",
+         "--compression", DEFAULT_COMPRESSION],  # the codec flywheel's drain writes: same work per file
         cwd=work, timeout_s=1800, log_dir=log_dir,
     )
 

@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, required=True, help="stop after this many messages")
     parser.add_argument("--idle-timeout", type=float, default=60.0, help="stop when no message came for this long")
     parser.add_argument("--commit-interval", type=float, default=5.0, help="quixstreams' default is 5 s")
-    parser.add_argument("--compression", default="zstd", help="Parquet codec (quixstreams' default is snappy)")
+    parser.add_argument("--compression", default="lz4", help="Parquet codec (quixstreams' default is snappy)")
     args = parser.parse_args()
 
     import quixstreams
