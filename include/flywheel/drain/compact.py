@@ -151,12 +151,25 @@ def _merge(store: ObjectStore, topic: str, bucket: str, sources: list[str], *, c
         store.put(record_key, json.dumps(record).encode(), if_none_match=True)
     except PreconditionFailed:
         return None
-    tables = [pq.read_table(pa.BufferReader(store.get(key))) for key in sources]
+    try:
+        tables = [pq.read_table(pa.BufferReader(store.get(key))) for key in sources]
+    except ObjectNotFound:  # another compaction merged some of them since they were listed
+        store.delete(record_key)
+        return None
     table = pa.concat_tables(tables, promote_options="default")
     table = table.take(pc.sort_indices(table, sort_keys=[("_partition", "ascending"), ("_offset", "ascending")]))
+    data = table_bytes(table, compression=compression, use_dictionary=_dictionary(table))
+    # A compaction slower than its lease may have had its record dropped (and the hour taken over):
+    # then it must not write, or its merged file would appear beside sources nothing hides.
     try:
-        store.put(merged, table_bytes(table, compression=compression, use_dictionary=_dictionary(table)),
-                  if_none_match=True)
+        still_ours = json.loads(store.get(record_key)) == record
+    except ObjectNotFound:
+        still_ours = False
+    if not still_ours:
+        log.warning("%s: compaction of %s outlived its lease; leaving the hour to the next run", topic, bucket)
+        return None
+    try:
+        store.put(merged, data, if_none_match=True)
     except PreconditionFailed:
         pass  # written by an earlier attempt from the same sources
     _finish(store, record_key, sources)

@@ -175,3 +175,36 @@ def test_an_hour_larger_than_the_cap_becomes_several_files_that_stay_put(store):
         raise AssertionError("compaction keeps merging")
     assert all(i.size <= cap for i in store.list(f"{layout.DATA_ROOT}/{TOPIC}/{HOURS[0]}/")) or len(
         _files(store, HOURS[0])) == 1
+
+
+def test_a_compaction_that_lost_its_record_writes_nothing(store, monkeypatch):
+    """Slower than its lease: its record was dropped meanwhile, so it leaves the hour as it was."""
+    original_get = store.get
+
+    def get_then_lose_record(key, *args, **kwargs):
+        data = original_get(key, *args, **kwargs)
+        if key.startswith(f"{layout.DATA_ROOT}/{TOPIC}/{HOURS[0]}/"):
+            store.delete(layout.compaction_key(TOPIC, HOURS[0]))  # as another run's recovery would
+        return data
+
+    monkeypatch.setattr(store, "get", get_then_lose_record)
+    summary = compact_topic(store, TOPIC, now=LATER)
+    monkeypatch.undo()
+    assert (summary["busy"], summary["files_merged"]) == (1, 6)  # the other hour went ahead
+    assert not any(layout.COMPACTED_MARK in n for n in _files(store, HOURS[0])) and len(_files(store, HOURS[0])) == 6
+    assert _rows(store) == EVERY_ROW
+
+
+def test_sources_merged_by_someone_else_since_listing_are_skipped(store, monkeypatch):
+    listed = compact.data_files
+
+    def stale_listing(*args, **kwargs):
+        files = list(listed(*args, **kwargs))
+        store.delete(files[0].key)  # gone before this compaction reads it
+        return iter(files)
+
+    monkeypatch.setattr(compact, "data_files", stale_listing)
+    summary = compact_topic(store, TOPIC, now=LATER)
+    monkeypatch.undo()
+    assert summary["busy"] == 1 and summary["hours"] == 1
+    assert list(store.list(layout.compaction_prefix(TOPIC))) == []
