@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
+import math
 import os
 import shutil
 import statistics
@@ -46,6 +46,7 @@ from bench.common import (
     fresh_dir,
     kafka_broker,
     markdown_table,
+    profile_summary,
     rate,
     run_function,
     run_measured,
@@ -247,7 +248,6 @@ def flywheel_drain(bootstrap: str, store_dir: str, group_prefix: str, max_record
         out["seconds"] = time.perf_counter() - started
     else:
         import cProfile
-        import pstats
 
         profiler = cProfile.Profile()
         started = time.perf_counter()
@@ -255,18 +255,7 @@ def flywheel_drain(bootstrap: str, store_dir: str, group_prefix: str, max_record
         result = drain.run()
         profiler.disable()
         out["seconds"] = time.perf_counter() - started
-        profiler.dump_stats(profile_path + ".pstats")
-        text = io.StringIO()
-        stats = pstats.Stats(profiler, stream=text)
-        stats.sort_stats("tottime").print_stats(40)
-        stats.sort_stats("cumulative").print_stats(40)
-        Path(profile_path + ".txt").write_text(text.getvalue())
-        rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
-        out["top_tottime"] = [
-            {"function": f"{Path(file).name}:{line}({name})" if file != "~" else name, "ncalls": nc,
-             "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)}
-            for (file, line, name), (_cc, nc, tt, ct, _callers) in rows
-        ]
+        out["top_tottime"] = profile_summary(profiler, profile_path, top, sort="tottime")
     out["result"] = result.as_dict()
     return out
 
@@ -568,7 +557,8 @@ def render(n: int, produced: dict[str, Any], c: dict[str, dict[str, Any]], ratio
         lines += ["", f"flywheel under cProfile ({profile['seconds_under_profiler']:.2f}s with the profiler on), "
                   "top functions by own time:", "",
                   markdown_table(["function", "calls", "tottime s", "cumtime s"],
-                                 [[p["function"], f"{p['ncalls']:,}", f"{p['tottime_s']:.3f}", f"{p['cumtime_s']:.3f}"]
+                                 [[p["function"], f"{p['ncalls']:,}" if p["ncalls"] != "" else "",
+                                   "-" if math.isnan(p["tottime_s"]) else f"{p['tottime_s']:.3f}", f"{p['cumtime_s']:.3f}"]
                                   for p in profile["top_tottime"]], align="lrrr")]
     return "\n".join(lines)
 
