@@ -42,7 +42,7 @@ from flywheel.drain import layout
 from flywheel.drain.reader import data_files
 from flywheel.errors import ObjectNotFound, PreconditionFailed
 from flywheel.storage import ObjectInfo, ObjectStore
-from flywheel.storage.parquet import DEFAULT_COMPRESSION, table_bytes
+from flywheel.storage.parquet import DEFAULT_COMPRESSION
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +87,6 @@ def _mergeable(info: ObjectInfo, committed: dict[int, int], settled_before: date
         return True
     chunk = layout.source_range(info.key)
     return chunk is not None and committed.get(chunk[0], -1) > chunk[2]
-
-
-def hidden_sources(store: ObjectStore, topic: str, listed: set[str]) -> set[str]:
-    """Source files a finished-but-not-cleaned-up compaction already merged into a listed file."""
-    hidden: set[str] = set()
-    for info in store.list(layout.compaction_prefix(topic)):
-        try:
-            record = json.loads(store.get(info.key))
-        except ObjectNotFound:
-            continue  # finished meanwhile: its sources are gone too
-        if record["merged"] in listed:
-            hidden.update(record["sources"])
-    return hidden
 
 
 def compact_topic(store: ObjectStore, topic: str, *, settle: timedelta = DEFAULT_SETTLE,
@@ -158,7 +145,9 @@ def _merge(store: ObjectStore, topic: str, bucket: str, sources: list[str], *, c
         return None
     table = pa.concat_tables(tables, promote_options="default")
     table = table.take(pc.sort_indices(table, sort_keys=[("_partition", "ascending"), ("_offset", "ascending")]))
-    data = table_bytes(table, compression=compression, use_dictionary=_dictionary(table))
+    from flywheel.drain.runner import drained_file_bytes  # the drain's own encoding (Kafka client: lazy)
+
+    data = drained_file_bytes(table, compression)
     # A compaction slower than its lease may have had its record dropped (and the hour taken over):
     # then it must not write, or its merged file would appear beside sources nothing hides.
     try:
@@ -174,12 +163,6 @@ def _merge(store: ObjectStore, topic: str, bucket: str, sources: list[str], *, c
         pass  # written by an earlier attempt from the same sources
     _finish(store, record_key, sources)
     return table.num_rows
-
-
-def _dictionary(table: pa.Table) -> list[str]:
-    from flywheel.drain.runner import _dictionary_columns
-
-    return _dictionary_columns(table.schema)
 
 
 def _finish(store: ObjectStore, record_key: str, sources: list[str]) -> None:

@@ -5,6 +5,7 @@ Files are found by their date/hour folders, so a time window touches only the ho
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,19 @@ def _read(store: ObjectStore, key: str, columns: Sequence[str] | None) -> pa.Tab
     return parquet.read(columns=list(columns), use_threads=False).select(list(columns))
 
 
+def hidden_sources(store: ObjectStore, topic: str, listed: set[str]) -> set[str]:
+    """Source files a finished-but-not-cleaned-up compaction (``drain.compact``) already merged into a listed file."""
+    hidden: set[str] = set()
+    for info in store.list(layout.compaction_prefix(topic)):
+        try:
+            record = json.loads(store.get(info.key))
+        except ObjectNotFound:
+            continue  # finished meanwhile: its sources are gone too
+        if record["merged"] in listed:
+            hidden.update(record["sources"])
+    return hidden
+
+
 def read_topic(store: ObjectStore, topic: str, since: datetime | None = None, until: datetime | None = None,
                columns: Sequence[str] | None = None, *, rejected: bool = False) -> pa.Table | None:
     """All drained rows of ``topic`` in the window, or None when nothing was drained there yet.
@@ -68,8 +82,6 @@ def read_topic(store: ObjectStore, topic: str, since: datetime | None = None, un
     compaction records, a record whose merged file was listed hides the files it merged, and a file
     that disappears between listing and reading (its compaction finished) makes the read start over.
     """
-    from flywheel.drain.compact import hidden_sources
-
     root = layout.REJECTED_ROOT if rejected else layout.DATA_ROOT
     for attempt in range(_ATTEMPTS):
         keys = [info.key for info in data_files(store, topic, since, until, root=root)]

@@ -123,7 +123,8 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
             and not (pa.types.is_floating(f.type) or pa.types.is_timestamp(f.type))]
 
 
-def _parquet_bytes(table: pa.Table, compression: str) -> bytes:
+def drained_file_bytes(table: pa.Table, compression: str) -> bytes:
+    """A table of drained rows as the drain stores it (also what compaction writes)."""
     return table_bytes(table, compression=compression, use_dictionary=_dictionary_columns(table.schema))
 
 
@@ -200,7 +201,7 @@ class TopicDrain:
         for hour in distinct:
             part = table if len(distinct) == 1 else table.filter(from_numpy(hours == hour, pa.bool_()))
             key = layout.data_key(self.topic, layout.hour_bucket(int(hour)), partition, start, end)
-            self.store.put(key, _parquet_bytes(part, self.settings.parquet_compression))
+            self.store.put(key, drained_file_bytes(part, self.settings.parquet_compression))
             offsets = part.column("_offset")
             files.append({"key": key, "rows": part.num_rows, "min_offset": pc.min(offsets).as_py(),
                           "max_offset": pc.max(offsets).as_py()})
@@ -221,7 +222,7 @@ class TopicDrain:
         }, schema=REJECTED_SCHEMA)
         bucket = layout.hour_bucket(rejected[0].timestamp_ms // 3_600_000)
         key = layout.rejected_key(self.topic, bucket, partition, start, end)
-        self.store.put(key, _parquet_bytes(table, self.settings.parquet_compression))
+        self.store.put(key, drained_file_bytes(table, self.settings.parquet_compression))
         return [key]
 
     def _dead_letter(self, producer: Any, rejected: list[Rejected], partition: int) -> None:

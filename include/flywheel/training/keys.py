@@ -39,7 +39,8 @@ def shared_codes(*keys: pa.ChunkedArray) -> list[np.ndarray]:
 
 #: Below this many keys one dictionary is cheap enough; above it, buckets pay for their gathers.
 _BUCKETED_FROM = 65_536
-_BUCKETS = 8  # the top three bits of _bucket_of's 32-bit mix
+_BUCKET_BITS = 3  # buckets are the top bits of _bucket_of's 32-bit mix
+_BUCKETS = 1 << _BUCKET_BITS
 
 
 def _codes(values: pa.Array) -> np.ndarray:
@@ -90,7 +91,7 @@ def _bucket_of(values: pa.Array) -> np.ndarray:
     last *= lengths >= 1
     second *= lengths >= 2
     mixed = (last * np.uint32(31) + second) * np.uint32(0x9E3779B1) + lengths * np.uint32(0x85EBCA6B)
-    return (mixed >> np.uint32(29)).astype(np.int64)
+    return (mixed >> np.uint32(32 - _BUCKET_BITS)).astype(np.int64)
 
 
 def first_per_code(codes: np.ndarray, *order: np.ndarray) -> np.ndarray:

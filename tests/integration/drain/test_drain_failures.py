@@ -184,7 +184,7 @@ elif point == "before_checkpoint":
 elif point == "before_group_commit":
     die_on_nth(runner.TopicDrain, "_commit_group_offset")
 elif point == "mid_files":
-    write_rows, parquet_bytes = runner.TopicDrain._write_rows, runner._parquet_bytes
+    write_rows, parquet_bytes = runner.TopicDrain._write_rows, runner.drained_file_bytes
     def counting_write_rows(self, *args, **kwargs):
         calls["n"] += 1
         calls["armed"][threading.get_ident()] = calls["n"] == nth
@@ -196,7 +196,7 @@ elif point == "mid_files":
                 os._exit(137)
         return parquet_bytes(table, *args)
     runner.TopicDrain._write_rows = counting_write_rows
-    runner._parquet_bytes = dying_parquet_bytes
+    runner.drained_file_bytes = dying_parquet_bytes
 else:
     raise SystemExit(f"unknown crash point {point}")
 
