@@ -308,7 +308,7 @@ def _timed_targets() -> list[tuple[Any, str, str]]:
         (lgbm, "train_model", "train.train_model"),
         (lgbm, "to_onnx", "train.to_onnx"),
         (pipeline, "_split_table", "store.split_table"),
-        (pipeline, "_parquet", "store.parquet"),
+        (pipeline, "table_bytes", "store.parquet"),
         (ModelStore, "claim_version", "store.claim_version"),
         (ModelStore, "write_version", "store.write_version"),
         # validate_challenger

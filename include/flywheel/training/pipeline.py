@@ -32,12 +32,6 @@ from flywheel.training.gates import evaluate_gates
 log = logging.getLogger(__name__)
 
 
-def _parquet(table: pa.Table, compression: str, *, dictionary: bool = True) -> bytes:
-    """``dictionary=False`` for nearly unique columns (the holdout's encoded floats and ids), where
-    Parquet would build a dictionary per column only to abandon it."""
-    return table_bytes(table, compression=compression, use_dictionary=dictionary)
-
-
 def _split_table(split: Split, names: list[str]) -> pa.Table:
     columns = {n: split.X[:, i] for i, n in enumerate(names)}
     return pa.table({**columns, "_label": split.y, "_id": split.ids})
@@ -86,9 +80,11 @@ def train_challenger(settings: Settings, spec: ModelSpec, *, as_of: datetime, ru
     }
     models.write_version(spec.name, version, trained.text, metadata, extra_files={
         "model.onnx": onnx_bytes,
-        "holdout.parquet": _parquet(_split_table(data.holdout, names), settings.parquet_compression,
-                                    dictionary=False),
-        "reference.parquet": _parquet(data.reference, settings.parquet_compression)
+        # No dictionaries for the holdout: its encoded floats and ids are nearly unique, and Parquet
+        # would build a dictionary per column only to abandon it.
+        "holdout.parquet": table_bytes(_split_table(data.holdout, names), compression=settings.parquet_compression,
+                                       use_dictionary=False),
+        "reference.parquet": table_bytes(data.reference, compression=settings.parquet_compression)
         if data.reference is not None else b"",
     })
     log.info("%s: trained v%d on %s", spec.name, version, data.counts)
