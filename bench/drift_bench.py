@@ -164,7 +164,7 @@ class _DrainWriter:
     def __init__(self, settings: Any, spec: Any, store: Any, kinds: list[str]) -> None:
         from flywheel.drain import limits_for
         from flywheel.drain.runner import TopicDrain
-        from flywheel.drain.schema import topic_schemas
+        from flywheel.events.schema import topic_schemas
 
         self.limits = limits_for(spec)
         self.schemas = {s.kind: s for s in topic_schemas(spec) if s.kind in kinds}
@@ -192,7 +192,7 @@ class _DrainWriter:
             self.flush(kind, p)
 
     def flush(self, kind: str, p: int) -> None:
-        from flywheel.drain.decode import RawBatch, decode_batch
+        from flywheel.events.decode import RawBatch, decode_batch
 
         values, offsets, stamps, keys = self.buffers[(kind, p)]
         if not values:

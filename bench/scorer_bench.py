@@ -200,9 +200,9 @@ def build_store(spec_path: str, rows: int, chunk_rows: int = 50_000) -> dict[str
     import orjson
     from flywheel.demo.generator import event_stream
     from flywheel.drain import limits_for
-    from flywheel.drain.decode import RawBatch, decode_batch
+    from flywheel.events.decode import RawBatch, decode_batch
     from flywheel.drain.runner import TopicDrain
-    from flywheel.drain.schema import topic_schemas
+    from flywheel.events.schema import topic_schemas
     from flywheel.specs import load_spec
 
     spec = load_spec(spec_path)
@@ -526,8 +526,8 @@ def lgbm_predict(bootstrap: str, spec_data: dict[str, Any], version: int, batch_
     beforehand with the scorer's decoder; then the lleaves-compiled model on the same batches."""
     import lightgbm as lgb
     import numpy as np
-    from flywheel.drain.decode import RawBatch, decode_batch
-    from flywheel.drain.schema import topic_schemas
+    from flywheel.events.decode import RawBatch, decode_batch
+    from flywheel.events.schema import topic_schemas
     from flywheel.features import to_matrix
     from flywheel.models.store import ModelStore
     from flywheel.scoring.model import load_serving_model

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flywheel.errors import SpecError
 
 FeatureType = Literal["float", "int", "bool", "category"]
+KeyType = Literal["string", "int"]
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -129,6 +130,8 @@ class ModelSpec(_Strict):
     description: str = ""
     topics: TopicsSpec
     key_field: str = Field(pattern=_NAME)
+    #: JSON type of the key field (and of the label topic's key field): ``string`` ids or ``int`` ids.
+    key_type: KeyType = "string"
     event_time_field: str | None = Field(default=None, pattern=_NAME)
     features: list[FeatureSpec] = Field(min_length=1)
     label: LabelSpec | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flywheel.drain.schema import TopicSchema, topic_schemas
+from flywheel.events.schema import TopicSchema, topic_schemas
 from flywheel.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from flywheel.drain.decode import RawBatch
+from flywheel.events.decode import RawBatch
 
 _SECOND = itemgetter(1)
 

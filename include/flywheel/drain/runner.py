@@ -27,9 +27,10 @@ from confluent_kafka import Message
 
 from flywheel.drain import layout
 from flywheel.drain.buffer import PartitionBuffer
-from flywheel.drain.decode import DecodedBatch, RawBatch, Rejected, decode_batch, from_numpy
+from flywheel.events.decode import DecodedBatch, RawBatch, decode_batch, from_numpy
+from flywheel.events.rejections import Rejected
 from flywheel.drain.ledger import Claim, Manifest, PartitionLedger
-from flywheel.drain.schema import TopicSchema
+from flywheel.events.schema import TopicSchema
 from flywheel.errors import BrokerUnavailable, ConfigError, FlywheelError
 from flywheel.kafka_config import client_config
 from flywheel.settings import Settings

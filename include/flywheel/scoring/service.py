@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from flywheel.drain.decode import RawBatch, decode_batch
-from flywheel.drain.schema import topic_schemas
+from flywheel.events.decode import RawBatch, decode_batch
+from flywheel.events.schema import topic_schemas
 from flywheel.errors import BrokerUnavailable
 from flywheel.features import to_matrix
 from flywheel.kafka_config import client_config

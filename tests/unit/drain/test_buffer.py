@@ -69,8 +69,8 @@ def test_natural_cut_by_rows_and_by_bytes():
 
 def test_a_joined_batch_decodes_like_a_list_batch_bad_records_included():
     import pyarrow as pa
-    from flywheel.drain.decode import RawBatch, decode_batch
-    from flywheel.drain.schema import TopicSchema
+    from flywheel.events.decode import RawBatch, decode_batch
+    from flywheel.events.schema import TopicSchema
 
     schema = TopicSchema("t", "features", "m", {"event_id": pa.string(), "n": pa.int64()}, frozenset({"event_id"}),
                          None)
@@ -90,8 +90,8 @@ def test_a_joined_batch_decodes_like_a_list_batch_bad_records_included():
 
 def test_a_clean_joined_batch_takes_the_one_parse_path():
     import pyarrow as pa
-    from flywheel.drain.decode import decode_batch
-    from flywheel.drain.schema import TopicSchema
+    from flywheel.events.decode import decode_batch
+    from flywheel.events.schema import TopicSchema
 
     schema = TopicSchema("t", "features", "m", {"n": pa.int64()}, frozenset({"n"}), None)
     buf = PartitionBuffer()

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import orjson
 import pyarrow as pa
 import pytest
-from flywheel.drain.decode import RawBatch, decode_batch
-from flywheel.drain.schema import TopicSchema
+from flywheel.events.decode import RawBatch, decode_batch
+from flywheel.events.schema import TopicSchema
 
 SCHEMA = TopicSchema(
     topic="shop.features",
@@ -103,8 +103,43 @@ BAD = [
     ("tombstone", None, "tombstone"),
     ("not_utf8", b"\xff\xfe\xfd", "not_utf8"),
     ("not_utf8_truncated_sequence", b"{\xc3", "not_utf8"),
-    ("mixed_type_extra_array", raw(event(tags=[1, "a"])), "unparseable"),
+    ("nan_in_declared_float", raw(event())[:-1] + b',"amount":NaN}', "not_json"),
+    ("infinity_in_declared_float", raw(event(amount=_DROP))[:-1] + b',"amount":Infinity}', "not_json"),
+    ("overflowing_float", raw(event(amount=_DROP))[:-1] + b',"amount":1.8e308}', "not_json"),
+    ("huge_exponent", raw(event(amount=_DROP))[:-1] + b',"amount":1e400}', "not_json"),
+    ("nan_in_undeclared_field", raw(event())[:-1] + b',"ratio":NaN}', "not_json"),
+    ("too_deep_undeclared", b"{\"m\":" + b"[" * 140 + b"]" * 140 + b"}", "not_json"),
+    ("byte_order_mark", b"\xef\xbb\xbf" + raw(event()), "not_json"),
+    ("two_documents_on_one_line", raw(event()) + raw(event()), "not_json"),
+    ("trailing_comma", raw(event())[:-1] + b",}", "not_json"),
+    ("int_beyond_64_bits", raw(event(count=1 << 63)), "wrong_type"),
 ]
+
+
+def test_undeclared_fields_of_any_shape_are_kept_exactly_in_extra():
+    extras = {"meta": {"a": [1, 2, {"b": None}]}, "tags": [1, "a", 2.5, True, None, []], "deep": [[[[{"x": "y"}]]]],
+              "n": 1, "big": 18446744073709551615}
+    values = [raw(event(0, **extras)), raw(event(1, tags="plain")), raw(event(2))]
+    out = decode(values)
+    assert out.rejected == []
+    assert [orjson.loads(x) if x else None for x in out.table.column("_extra").to_pylist()] == [
+        extras, {"tags": "plain"}, None]
+
+
+def test_duplicate_names_the_last_one_wins():
+    out = decode([b'{"event_id":"a","event_id":"b","event_time":"2025-11-25T10:00:00Z","amount":1,"count":1,'
+                  b'"online":true,"m":{"k":1,"k":2}}'])
+    assert out.rejected == []
+    assert out.table.column("event_id").to_pylist() == ["b"] and out.table.column("_extra").to_pylist() == ['{"m":{"k":2}}']
+
+
+def test_an_integer_key_field_is_typed_by_the_spec():
+    schema = TopicSchema("t", "features", "m", {"reading_id": pa.int64(), "x": pa.float64()},
+                         frozenset({"reading_id"}), None)
+    values = [b'{"reading_id": 12345, "x": 1}', b'{"reading_id": "12345", "x": 1}', b'{"reading_id": 1.5}']
+    out = decode_batch(schema, RawBatch("t", 0, values, [0, 1, 2], [T0] * 3, [None] * 3))
+    assert out.table.column("reading_id").to_pylist() == [12345]
+    assert [(r.offset, r.reason) for r in out.rejected] == [(1, "wrong_type"), (2, "wrong_type")]
 
 
 @pytest.mark.parametrize(("value", "reason"), [pytest.param(v, r, id=name) for name, v, r in BAD])
@@ -243,8 +278,8 @@ def test_a_json_null_value_is_not_an_object():
 
 _NULL_FIRST = """
 import orjson, pyarrow as pa
-from flywheel.drain.decode import RawBatch, decode_batch
-from flywheel.drain.schema import TopicSchema
+from flywheel.events.decode import RawBatch, decode_batch
+from flywheel.events.schema import TopicSchema
 schema = TopicSchema("t", "features", "m", {"event_id": pa.string()}, frozenset({"event_id"}), None)
 out = decode_batch(schema, RawBatch("t", 0, [b"null", b'{"event_id": "a"}'], [0, 1], [0, 0], [None, None]))
 print([(r.offset, r.reason) for r in out.rejected])

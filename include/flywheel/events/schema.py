@@ -40,7 +40,7 @@ PREDICTION_FIELDS = {
 
 @dataclass(frozen=True)
 class TopicSchema:
-    """The typed contract of one topic's JSON events."""
+    """The typed contract of one topic's JSON events: shared by the drain, the scorer, training and monitoring."""
 
     topic: str
     kind: str  # features | labels | predictions
@@ -66,9 +66,14 @@ class TopicSchema:
         return pa.schema(fields + META_FIELDS)
 
 
+#: The key field's type per ``key_type``: ids are strings or integers; nothing else identifies an event.
+KEY_TYPES = {"string": pa.string(), "int": pa.int64()}
+
+
 def topic_schemas(spec: ModelSpec) -> list[TopicSchema]:
     key = spec.key_field
-    features = {key: pa.string()} | {f.name: _ARROW_TYPES[f.type] for f in spec.features}
+    key_type = KEY_TYPES[spec.key_type]
+    features = {key: key_type} | {f.name: _ARROW_TYPES[f.type] for f in spec.features}
     required = {key} | {f.name for f in spec.features if not f.nullable}
     schemas = [
         TopicSchema(spec.topics.features, "features", spec.name, features, frozenset(required), spec.event_time_field)
@@ -80,12 +85,12 @@ def topic_schemas(spec: ModelSpec) -> list[TopicSchema]:
                 spec.topics.labels,
                 "labels",
                 spec.name,
-                {label_key: pa.string(), spec.label.field: _ARROW_TYPES[spec.label.type]},
+                {label_key: key_type, spec.label.field: _ARROW_TYPES[spec.label.type]},
                 frozenset({label_key, spec.label.field}),
                 None,
             )
         )
-    predictions = {key: pa.string()} | PREDICTION_FIELDS
+    predictions = {key: key_type} | PREDICTION_FIELDS
     schemas.append(
         TopicSchema(
             spec.topics.predictions,
