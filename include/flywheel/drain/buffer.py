@@ -48,15 +48,18 @@ class _Run:
     key_lengths: np.ndarray  # -1: no key
     offsets: np.ndarray
     timestamps: np.ndarray
+    #: Each record's Kafka headers (kept for its dead letter), or None when no record of the run had any.
+    headers: list[Any] | None = None
 
     def split(self, k: int) -> tuple[_Run, _Run]:
         """The first ``k`` records, and the rest."""
         vcut = int(np.maximum(self.value_lengths[:k], 0).sum()) + k  # past the k-th separator
         kcut = int(np.maximum(self.key_lengths[:k], 0).sum())
+        headers = self.headers
         head = _Run(self.values[:vcut - 1], self.value_lengths[:k], self.keys[:kcut], self.key_lengths[:k],
-                    self.offsets[:k], self.timestamps[:k])
+                    self.offsets[:k], self.timestamps[:k], None if headers is None else headers[:k])
         tail = _Run(self.values[vcut:], self.value_lengths[k:], self.keys[kcut:], self.key_lengths[k:],
-                    self.offsets[k:], self.timestamps[k:])
+                    self.offsets[k:], self.timestamps[k:], None if headers is None else headers[k:])
         return head, tail
 
 
@@ -83,10 +86,12 @@ class PartitionBuffer:
         n = len(records)
         values = list(map(Message.value, records))
         keys = list(map(Message.key, records))
+        headers = list(map(Message.headers, records))
         vlen, klen = _lengths(values), _lengths(keys)
         self._runs.append(_Run(_join(b"\n", values, vlen), vlen, _join(b"", keys, klen), klen,
                                np.fromiter(map(Message.offset, records), np.int64, n),
-                               np.fromiter(map(_SECOND, map(Message.timestamp, records)), np.int64, n)))
+                               np.fromiter(map(_SECOND, map(Message.timestamp, records)), np.int64, n),
+                               headers if any(headers) else None))
         self._count += n
         self.size += value_bytes(vlen)
 
@@ -136,10 +141,13 @@ def _batch(topic: str, partition: int, runs: list[_Run]) -> RawBatch:
     validity = None if has_key.all() else pa.py_buffer(np.packbits(has_key, bitorder="little"))
     keys = pa.Array.from_buffers(pa.binary(), n, [validity, pa.py_buffer(key_offsets),
                                                   pa.py_buffer(b"".join(r.keys for r in runs))])
+    headers = None
+    if any(r.headers is not None for r in runs):
+        headers = [h for r in runs for h in (r.headers if r.headers is not None else [None] * len(r.offsets))]
     return RawBatch(
         topic, partition, None,
         np.concatenate([r.offsets for r in runs]) if runs else np.empty(0, np.int64),
         np.concatenate([r.timestamps for r in runs]) if runs else np.empty(0, np.int64),
-        keys, joined=b"\n".join(r.values for r in runs), lengths=value_lengths,
+        keys, joined=b"\n".join(r.values for r in runs), lengths=value_lengths, headers=headers,
     )
 

@@ -28,6 +28,7 @@ from confluent_kafka import Message
 from flywheel.drain import layout
 from flywheel.drain.buffer import PartitionBuffer
 from flywheel.events.decode import DecodedBatch, RawBatch, decode_batch, from_numpy
+from flywheel.events.dead_letter import dead_letter_topic, produce_dead_letters
 from flywheel.events.rejections import Rejected
 from flywheel.drain.ledger import Claim, Manifest, PartitionLedger
 from flywheel.events.schema import TopicSchema
@@ -236,18 +237,11 @@ class TopicDrain:
             if err is not None:
                 errors.append(err.str())
 
-        for r in rejected:
-            headers = [
-                ("flywheel.source.topic", self.topic.encode()),
-                ("flywheel.source.partition", str(partition).encode()),
-                ("flywheel.source.offset", str(r.offset).encode()),
-                ("flywheel.reason", r.reason.encode()),
-                ("flywheel.detail", r.detail.encode()[:1000]),
-            ]
-            producer.produce(f"{self.topic}.dlq", value=r.value, key=r.key, headers=headers, on_delivery=on_delivery)
+        produce_dead_letters(producer, "drain", self.topic, partition, rejected, on_delivery)
         remaining = producer.flush(self.settings.broker_timeout_s)
         if remaining or errors:
-            raise BrokerUnavailable(f"dead-letter topic {self.topic}.dlq: {remaining} undelivered; {errors[:3]}")
+            raise BrokerUnavailable(f"dead-letter topic {dead_letter_topic(self.topic)}: {remaining} undelivered; "
+                                    f"{errors[:3]}")
 
     # -- the run ------------------------------------------------------------------------------------
 
