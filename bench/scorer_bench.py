@@ -200,8 +200,8 @@ def build_store(spec_path: str, rows: int, chunk_rows: int = 50_000) -> dict[str
     import orjson
     from flywheel.demo.generator import event_stream
     from flywheel.drain import limits_for
-    from flywheel.events.decode import RawBatch, decode_batch
     from flywheel.drain.runner import TopicDrain
+    from flywheel.events.decode import RawBatch, decode_batch
     from flywheel.events.schema import topic_schemas
     from flywheel.specs import load_spec
 

@@ -133,9 +133,9 @@ def build_store(store_dir: str, rows: int, chunk_rows: int, rate_per_s: float = 
     from flywheel.demo.generator import event_stream
     from flywheel.drain import limits_for
     from flywheel.drain.compact import compact_topic
-    from flywheel.events.decode import RawBatch, decode_batch
     from flywheel.drain.ledger import PartitionLedger
     from flywheel.drain.runner import TopicDrain
+    from flywheel.events.decode import RawBatch, decode_batch
     from flywheel.events.schema import topic_schemas
 
     spec = _spec()

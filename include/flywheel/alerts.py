@@ -17,7 +17,7 @@ from typing import Any
 
 log = logging.getLogger("flywheel.alerts")
 
-KINDS = ("task_failed", "drift", "quality", "promoted", "rejected", "rollback")
+KINDS = ("task_failed", "drift", "quality", "promoted", "rejected", "rollback", "internal_error", "scorer_failing")
 DELIVERY_TIMEOUT_S = 20.0
 
 

@@ -27,12 +27,12 @@ from confluent_kafka import Message
 
 from flywheel.drain import layout
 from flywheel.drain.buffer import PartitionBuffer
-from flywheel.events.decode import DecodedBatch, RawBatch, decode_batch, from_numpy
-from flywheel.events.dead_letter import dead_letter_topic, produce_dead_letters
-from flywheel.events.rejections import Rejected
 from flywheel.drain.ledger import Claim, Manifest, PartitionLedger
-from flywheel.events.schema import TopicSchema
 from flywheel.errors import BrokerUnavailable, ConfigError, FlywheelError
+from flywheel.events.dead_letter import dead_letter_topic, produce_dead_letters
+from flywheel.events.decode import DecodedBatch, RawBatch, decode_batch, from_numpy
+from flywheel.events.rejections import Rejected
+from flywheel.events.schema import TopicSchema
 from flywheel.kafka_config import client_config
 from flywheel.settings import Settings
 from flywheel.storage import ObjectStore
@@ -291,6 +291,13 @@ class TopicDrain:
             _close_bounded(consumer, self.settings.broker_timeout_s, self.topic)
         result.seconds = time.monotonic() - started
         log.info("drained %s: %s", self.topic, result.as_dict())
+        if result.reasons.get("internal_error"):
+            from flywheel.alerts import alert
+
+            alert("internal_error", self.schema.model,
+                  f"{result.reasons['internal_error']} record(s) of {self.topic} made the decoder raise; they were "
+                  f"set aside as internal_error (rejected files and {dead_letter_topic(self.topic)}) and the drain "
+                  "went on", topic=self.topic)
         return result
 
     def _open_partition(self, consumer: Any, partition: int, topic_partition: Any) -> _PartitionState:

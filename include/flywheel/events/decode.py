@@ -31,7 +31,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
-
 from flywheel.events.rejections import Rejected
 from flywheel.events.schema import EVENT_TIME_TYPE, TopicSchema
 

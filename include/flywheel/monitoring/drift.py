@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel.drain.reader import read_topic
+from flywheel.events.labels import RECENCY_COLUMNS, latest_labels
 from flywheel.features import to_matrix
 from flywheel.models.store import ModelStore
 from flywheel.monitoring.reports import report_prefix
@@ -78,11 +79,12 @@ def live_quality(store: Any, spec: ModelSpec, since: datetime, until: datetime, 
         return None
     key = spec.key_field
     predictions = read_topic(store, spec.topics.predictions, since, until, columns=[key, "score", "model_version"])
-    labels = read_topic(store, spec.topics.labels, since, None, columns=[spec.label_key_field, spec.label.field])
+    labels = read_topic(store, spec.topics.labels, since, None,
+                        columns=[spec.label_key_field, spec.label.field, *RECENCY_COLUMNS])
     if predictions is None or labels is None:
         return None
     labels = labels.rename_columns([key if c == spec.label_key_field else c for c in labels.column_names])
-    labels = labels.group_by(key).aggregate([(spec.label.field, "max")]).rename_columns([key, "label"])
+    labels = latest_labels(labels, key, spec.label.field)
     # one prediction per event (at-least-once scoring may repeat one): keep the last one drained
     predictions = predictions.group_by(key, use_threads=False).aggregate([("score", "last"), ("model_version", "max")])
     joined = predictions.join(labels, keys=key, join_type="inner")

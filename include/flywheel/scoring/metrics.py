@@ -9,9 +9,12 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,8 @@ class ScorerMetrics:
     consumed: int = 0
     scored: int = 0
     dead_lettered: int = 0
+    #: Records that made scoring raise, isolated and dead-lettered (``internal_error``): each one a bug.
+    internal_errors: int = 0
     swaps: int = 0
     refused: int = 0
     batches: int = 0
@@ -35,8 +40,8 @@ class ScorerMetrics:
     compile_failures: int = 0
     _window_started: float = field(default_factory=time.monotonic)
     _window_scored: int = 0
-    _batch_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
-    _e2e_ms: deque = field(default_factory=lambda: deque(maxlen=20000))
+    _batch_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+    _e2e_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20000))
 
     def record_batch(self, consumed: int, scored: int, dead: int, batch_ms: float, e2e_ms: np.ndarray,
                      predictor: str = "plain") -> None:
@@ -64,6 +69,7 @@ class ScorerMetrics:
             "e2e_ms_p50": pct(e2e, 50), "e2e_ms_p99": pct(e2e, 99),
             "batch_ms_p50": pct(batch, 50), "batch_ms_p99": pct(batch, 99),
             "consumed": self.consumed, "scored": self.scored, "dead_lettered": self.dead_lettered,
+            "internal_errors": self.internal_errors,
             "swaps": self.swaps, "refused": self.refused, "batches": self.batches,
             "predictor": self.predictor, "scored_plain": self.scored_by.get("plain", 0),
             "scored_compiled": self.scored_by.get("compiled", 0), "predictor_switches": self.predictor_switches,
@@ -74,7 +80,7 @@ class ScorerMetrics:
         self._e2e_ms.clear()
         return snap
 
-    def publish(self, producer: Any, topic: str) -> dict[str, Any]:
+    def publish(self, producer: Producer, topic: str) -> dict[str, Any]:
         snap = self.snapshot()
         log.info("scorer %s v%s (%s): %.0f ev/s, e2e p50 %s ms p99 %s ms, scored %d, dlq %d, swaps %d",
                  self.model, self.model_version, self.predictor, snap["events_per_s"], snap["e2e_ms_p50"],

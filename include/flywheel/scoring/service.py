@@ -1,10 +1,11 @@
 """The streaming scorer: one consumer-group member that embeds the champion and scores micro-batches.
 
-Per batch: decode all events at once (the drain's vectorised decoder, so both agree on what a bad
-event is), score the feature matrix in one call, produce one prediction per event, then commit the
-consumed offsets, only after the broker acknowledged every prediction. In exactly-once mode the
-predictions, dead letters and consumed offsets form one Kafka transaction. A failed batch is rewound
-and retried, so an event is never skipped.
+Per batch: the pure core (``core.score_batch``: decode through the one event contract, predict, format)
+runs per partition, then one prediction per event and one dead letter per rejected record are
+produced, and the consumed offsets committed only after the broker acknowledged all of them. In
+exactly-once mode the predictions, dead letters and consumed offsets form one Kafka transaction. A
+record that makes scoring raise is dead-lettered as ``internal_error``; a failure of the broker (or of
+the whole batch) is retried, so an event is never skipped.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
-from flywheel.events.decode import RawBatch, decode_batch
+from flywheel.errors import BrokerUnavailable, FlywheelError
+from flywheel.events.dead_letter import produce_dead_letters
+from flywheel.events.decode import RawBatch
 from flywheel.events.schema import topic_schemas
-from flywheel.errors import BrokerUnavailable
-from flywheel.features import to_matrix
 from flywheel.kafka_config import client_config
+from flywheel.scoring.core import ScoredBatch, score_batch
 from flywheel.scoring.metrics import ScorerMetrics
 from flywheel.scoring.model import ServingModel
 from flywheel.scoring.watcher import ChampionWatcher
@@ -52,12 +53,13 @@ class Scorer:
         self.batch_size = options.batch_size or spec.scoring.batch_size
         self.batch_timeout_s = (options.batch_timeout_ms or spec.scoring.batch_timeout_ms) / 1000
         self.group_id = f"{settings.group_prefix}-scorer-{spec.name}"
-        self.dlq_topic = f"{spec.topics.features}.dlq"
         self.metrics = ScorerMetrics(spec.name)
         self.model: ServingModel | None = None
         self._failures = 0
         #: Delivery failures reported since the batch in hand started (the producer's one callback).
         self._delivery_errors: list[str] = []
+        #: The messages the broker refused since the batch in hand started: produced again, alone.
+        self._undelivered: list[tuple[str, bytes | None, bytes | None, Any]] = []
         #: Latest committed position per partition, committed once more synchronously at shutdown.
         self._last_offsets: dict[tuple[str, int], Any] = {}
         self.stopping = threading.Event()
@@ -169,9 +171,10 @@ class Scorer:
         log.info("%s scorer stopped: %s", self.spec.name, self.metrics.snapshot())
         return self.metrics
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
+    def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._delivery_errors.append(err.str())
+            self._undelivered.append((msg.topic(), msg.value(), msg.key(), msg.headers()))
 
     def _revoked(self, partitions: list[Any]) -> None:
         """Forget revoked partitions: their new owner commits them from now on."""
@@ -204,11 +207,21 @@ class Scorer:
             if _fatal(exc):  # e.g. fenced by a newer member with the same transactional.id: a zombie
                 raise BrokerUnavailable(f"scorer producer failed for good, stopping: {exc}") from exc
             # Give the batch back to Kafka: rewind and let the loop consume it again, so no event is
-            # skipped (at-least-once may then repeat a prediction; exactly-once aborted the transaction).
+            # skipped. Only what was never acknowledged is produced again (exactly-once: the transaction
+            # was aborted, so nothing of it is visible).
             self._failures += 1
             log.warning("batch of %d failed (%s); rewinding, retry %d", len(messages), exc, self._failures)
+            if self._failures in (3, 20) or self._failures % 100 == 0:
+                self._alert("scorer_failing", f"scoring keeps failing ({self._failures} retries of one batch): {exc}")
             self._rewind(consumer, by_partition)
             self.stopping.wait(min(0.5 * 2 ** self._failures, 10))
+
+    def _alert(self, kind: str, message: str) -> None:
+        """Alerts from the scoring loop go out on a thread of their own: delivery may take seconds."""
+        from flywheel.alerts import alert
+
+        threading.Thread(target=alert, args=(kind, self.spec.name, message), daemon=True,
+                         name="scorer-alert").start()
 
     def _rewind(self, consumer: Any, by_partition: dict[int, list[Any]]) -> None:
         from confluent_kafka import TopicPartition
@@ -219,56 +232,48 @@ class Scorer:
             except Exception as exc:  # revoked meanwhile: its new owner resumes from the committed offset
                 log.info("partition %d not rewound (%s)", partition, exc)
 
+    def _score(self, partition: int, batch: list[Any]) -> ScoredBatch:
+        """The pure core over one partition's messages; a batch in which every record failed on its own
+        is a failure of the scorer (e.g. its model), not of the records: it is retried, not dead-lettered."""
+        model = self.model
+        assert model is not None
+        headers = [m.headers() for m in batch]
+        raw = RawBatch(self.spec.topics.features, partition, [m.value() for m in batch],
+                       [m.offset() for m in batch], [m.timestamp()[1] for m in batch], [m.key() for m in batch],
+                       headers=headers if any(headers) else None)
+        scored = score_batch(self.spec, self.schema, raw, model)
+        if scored.internal_errors:
+            if scored.internal_errors == len(batch) > 1:
+                raise ScoringFailed(f"every record of a batch of {len(batch)} failed: {scored.rejected[0].detail}")
+            self.metrics.internal_errors += scored.internal_errors
+            self._alert("internal_error", f"{scored.internal_errors} record(s) of partition {partition} made scoring raise; "
+                        f"dead-lettered as internal_error: {scored.rejected[0].detail}")
+        return scored
+
     def _score_and_deliver(self, consumer: Any, producer: Any, by_partition: dict[int, list[Any]],
                            started: float) -> None:
         from confluent_kafka import TopicPartition
 
-        model = self.model
-        assert model is not None
         topic = self.spec.topics.features
         errors = self._delivery_errors
         errors.clear()
+        self._undelivered.clear()
         eos = self.options.exactly_once
+        results = {p: self._score(p, batch) for p, batch in by_partition.items()}
+        consumed = sum(map(len, by_partition.values()))
         if eos:
             producer.begin_transaction()
-        consumed = scored = dead = 0
-        latencies = []
         try:
-            for partition, batch in by_partition.items():
-                raw = RawBatch(topic, partition, [m.value() for m in batch], [m.offset() for m in batch],
-                               [m.timestamp()[1] for m in batch], [m.key() for m in batch])
-                decoded = decode_batch(self.schema, raw, max_event_bytes=self.spec.drain.max_event_bytes)
-                consumed += len(batch)
-                table = decoded.table
-                if table.num_rows:
-                    X = to_matrix(table, model.schema)
-                    scores = np.asarray(model.predict(X), dtype=np.float64)
-                    now_ms = int(time.time() * 1000)
-                    source_ms = table.column("_timestamp").cast("int64").to_numpy()
-                    latencies.append(now_ms - source_ms)
-                    self._produce_predictions(producer, table, scores, model.version, now_ms)
-                    scored += table.num_rows
-                if decoded.rejected:
-                    headers_by_offset = {m.offset(): m.headers() or [] for m in batch}
-                    for r in decoded.rejected:
-                        producer.produce(self.dlq_topic, value=r.value, key=r.key,
-                                         headers=[*headers_by_offset.get(r.offset, []),
-                                                  ("flywheel.stage", b"scorer"),
-                                                  ("flywheel.source.topic", topic.encode()),
-                                                  ("flywheel.source.partition", str(partition).encode()),
-                                                  ("flywheel.source.offset", str(r.offset).encode()),
-                                                  ("flywheel.reason", r.reason.encode()),
-                                                  ("flywheel.detail", r.detail.encode()[:1000])])
-                    dead += len(decoded.rejected)
+            for partition, scored in results.items():
+                self._produce_predictions(producer, scored)
+                produce_dead_letters(producer, "scorer", topic, partition, scored.rejected)
             offsets = [TopicPartition(topic, p, batch[-1].offset() + 1) for p, batch in by_partition.items()]
             if eos:
                 producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
                                                      self.settings.broker_timeout_s)
                 producer.commit_transaction(self.settings.broker_timeout_s * 3)
             else:
-                remaining = producer.flush(self.settings.broker_timeout_s)
-                if remaining or errors:
-                    raise BrokerUnavailable(f"{remaining} predictions unacknowledged; errors {errors[:3]}")
+                self._flush_until_acknowledged(producer)
                 # Every prediction of the batch is acknowledged: committing asynchronously keeps
                 # at-least-once (a lost commit only means a batch is scored again) without a round trip.
                 consumer.commit(offsets=offsets, asynchronous=True)
@@ -280,50 +285,55 @@ class Scorer:
                 except Exception as abort_error:  # the original error is what matters
                     log.warning("abort_transaction failed: %s", abort_error)
             raise
-        e2e = np.concatenate(latencies) if latencies else np.empty(0)
-        self.metrics.record_batch(consumed, scored, dead, (time.perf_counter() - started) * 1000, e2e,
-                                  predictor=model.predictor)
+        scored_n = sum(len(r.values) for r in results.values())
+        dead = sum(len(r.rejected) for r in results.values())
+        e2e = np.concatenate([int(time.time() * 1000) - r.source_ms for r in results.values()])
+        self.metrics.record_batch(consumed, scored_n, dead, (time.perf_counter() - started) * 1000, e2e,
+                                  predictor=self.model.predictor if self.model else "plain")
 
-    def _produce_predictions(self, producer: Any, table: Any, scores: np.ndarray, version: int, now_ms: int) -> None:
-        """One prediction per event. Columns are converted in bulk (event times formatted by numpy), so
-        the per-event Python work is one small dict, one orjson call and one produce."""
-        key_field = self.spec.key_field
-        time_field = self.spec.event_time_field
-        ids = table.column(key_field).to_pylist()
-        keys = table.column("_key").to_pylist()
-        source_ms = table.column("_timestamp").cast("int64").to_pylist()
-        times = _format_times(table.column(time_field)) if time_field else [None] * len(ids)
-        decisions = (scores >= self.spec.scoring.threshold).tolist()
+    def _flush_until_acknowledged(self, producer: Any) -> None:
+        """Wait until the broker acknowledged every message of the batch. A message it refused is produced
+        again, alone; one that is still queued is waited for, never produced twice. So a broker that
+        comes back after a blip gets each prediction once. Bounded by max.poll.interval.ms (half of
+        it): past that the batch is given back to Kafka as a whole."""
+        deadline = time.monotonic() + 150
+        attempt = 0
+        while True:
+            remaining = producer.flush(self.settings.broker_timeout_s)
+            failed, self._undelivered[:] = list(self._undelivered), []
+            if not remaining and not failed:
+                return
+            if time.monotonic() > deadline or self.stopping.is_set():
+                raise BrokerUnavailable(f"{remaining} messages unacknowledged, {len(failed)} refused; "
+                                        f"errors {self._delivery_errors[:3]}")
+            attempt += 1
+            log.warning("%d messages unacknowledged, %d refused (%s); retry %d", remaining, len(failed),
+                        self._delivery_errors[-1:] or "timeout", attempt)
+            self.stopping.wait(min(0.5 * 2 ** attempt, 10))
+            for topic, value, key, headers in failed:
+                _produce(producer, topic, value, key, headers)
+
+    def _produce_predictions(self, producer: Any, scored: ScoredBatch) -> None:
         topic = self.spec.topics.predictions
-        version_s = str(version)
         produce = producer.produce
-        dumps = orjson.dumps
-        for i, score in enumerate(scores.tolist()):
-            value = {key_field: ids[i], "score": score, "decision": decisions[i], "model_version": version_s,
-                     "source_ts_ms": source_ms[i], "scored_at_ms": now_ms}
-            if times[i] is not None:
-                value[time_field] = times[i]  # type: ignore[index]
-            payload = dumps(value)
-            while True:
-                try:
-                    produce(topic, payload, keys[i])
-                    break
-                except BufferError:  # the local queue is full: let librdkafka send, then go on
-                    producer.poll(0.05)
+        for payload, key in zip(scored.values, scored.keys, strict=True):
+            try:
+                produce(topic, payload, key)
+            except BufferError:  # the local queue is full: let librdkafka send, then go on
+                _produce(producer, topic, payload, key, None)
 
 
-def _format_times(column: Any) -> list[str | None]:
-    """Event times as ISO 8601 UTC strings with the column's sub-second digits ("...T00:00:00.010000Z"),
-    as Arrow's ``strftime("%Y-%m-%dT%H:%M:%SZ")`` writes them. numpy does it ~5x faster (it was ~1 µs of
-    the scorer's per-event cost); Arrow still does it for nulls and for other time zones."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _produce(producer: Any, topic: str, value: bytes | None, key: bytes | None, headers: Any) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.05)
 
-    kind = column.type
-    if pa.types.is_timestamp(kind) and kind.tz in (None, "UTC", "+00:00", "Z") and not column.null_count:
-        values = column.to_numpy() if isinstance(column, pa.Array) else column.combine_chunks().to_numpy()
-        return np.datetime_as_string(values, unit=kind.unit, timezone="UTC").tolist()
-    return pc.strftime(column, format="%Y-%m-%dT%H:%M:%SZ").to_pylist()
+
+class ScoringFailed(FlywheelError):
+    """The scorer itself failed on a whole batch (not one record): retried, never dead-lettered."""
 
 
 def _fatal(exc: BaseException) -> bool:

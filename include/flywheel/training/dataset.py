@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flywheel.drain.reader import read_topic
+from flywheel.events.labels import RECENCY_COLUMNS, newest_first
 from flywheel.features import column_to_float, feature_schema
 from flywheel.specs import ModelSpec, parse_duration
 from flywheel.storage import ObjectStore
@@ -123,7 +124,7 @@ def load_training_data(store: ObjectStore, spec: ModelSpec, window: Window, *, r
     # Labels are read while features are: each read alone leaves a core idle part of the time.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flywheel-labels") as lane:
         labels_read = lane.submit(read_topic, store, spec.topics.labels, window.start, None,
-                                  columns=[label_key, label_field, "_timestamp"])
+                                  columns=[label_key, label_field, *RECENCY_COLUMNS])
         features = read_topic(store, spec.topics.features, window.start, window.end, columns=columns)
         labels = labels_read.result()
     if features is None:
@@ -145,12 +146,12 @@ def load_training_data(store: ObjectStore, spec: ModelSpec, window: Window, *, r
         rows = rows[first_per_code(feature_codes[rows], first_copy[rows])]
     counts["feature_events"] = len(rows)
 
-    # The latest label per event (ties: the first read), as a lookup from key code to label row.
+    # Each event's label by the one label rule (flywheel.events.labels), as a lookup from key code to label row.
     label_rows = np.flatnonzero(pc.is_valid(labels.column(label_field)).to_numpy(zero_copy_only=False)
                                 & (label_codes >= 0))
     if len(label_rows):
-        latest = -_int_numpy(labels.column("_timestamp"))
-        label_rows = label_rows[first_per_code(label_codes[label_rows], latest[label_rows])]
+        label_rows = label_rows[first_per_code(label_codes[label_rows],
+                                               *(o[label_rows] for o in newest_first(labels)))]
     label_of = np.full(max(int(feature_codes.max(initial=-1)), int(label_codes.max(initial=-1))) + 1, -1,
                        dtype=np.int64)
     label_of[label_codes[label_rows]] = label_rows

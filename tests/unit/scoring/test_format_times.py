@@ -7,7 +7,7 @@ import datetime as dt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from flywheel.scoring.service import _format_times
+from flywheel.scoring.core import format_times as _format_times
 
 TIMES = [dt.datetime(2026, 11, 25, 0, 0, 0, 10000, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)]
 

@@ -22,6 +22,7 @@ N = 3000  # one event a second: 50 minutes, all in hour 00
 
 
 def _put(store, topic, rows, partition, start):
+    rows = [{"_partition": partition, "_offset": start + i, **row} for i, row in enumerate(rows)]
     table = pa.Table.from_pylist(rows)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
