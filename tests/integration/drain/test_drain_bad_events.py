@@ -60,7 +60,10 @@ def _bad_events(template: dict) -> list[tuple[str, bytes | None, str]]:
         ("empty", b"", "not_json"),
         ("blank", b"  \n ", "not_json"),
         ("truncated", _changed(template)[:-20], "not_json"),
-        ("mixed_type_extra", _changed(template, tags=[1, "a"]), "unparseable"),
+        ("nan_in_declared_float", _changed(template, drop=("amount",))[:-1] + b',"amount":NaN}', "not_json"),
+        ("nan_in_undeclared_field", _changed(template)[:-1] + b',"ratio":NaN}', "not_json"),
+        ("too_deep_undeclared", _changed(template)[:-1] + b',"m":' + b"[" * 200 + b"]" * 200 + b"}", "not_json"),
+        ("huge_number", _changed(template, drop=("amount",))[:-1] + b',"amount":1e400}', "not_json"),
     ]
 
 
@@ -68,6 +71,7 @@ def _accepted_oddities(events: list[dict]) -> list[tuple[str, bytes, dict]]:
     """(name, raw value, the event it must land as) of unusual events that are valid."""
     pretty, extra, no_age, offset_time = (dict(e) for e in events[:4])
     extra["brand_new_field"] = {"nested": [1, 2]}
+    extra["mixed"] = {"a": [1, 2, {"b": None}], "tags": [1, "a"]}
     extra["note"] = "hello"
     del no_age["customer_age"]
     offset_time["event_time"] = "2026-11-25T03:00:00.25+01:00"
@@ -149,7 +153,8 @@ def test_every_bad_event_is_set_aside_with_its_reason_bytes_and_offset(make_env,
     by_id = {r["event_id"]: r for r in rows.values()}
     pretty, extra, no_age, offset_time = (e for _, _, e in odd)
     assert by_id[pretty["event_id"]]["_extra"] is None
-    assert orjson.loads(by_id[extra["event_id"]]["_extra"]) == {"brand_new_field": {"nested": [1, 2]}, "note": "hello"}
+    assert orjson.loads(by_id[extra["event_id"]]["_extra"]) == {
+        "brand_new_field": {"nested": [1, 2]}, "note": "hello", "mixed": {"a": [1, 2, {"b": None}], "tags": [1, "a"]}}
     assert by_id[no_age["event_id"]]["customer_age"] is None
     assert by_id[offset_time["event_id"]]["event_time"].isoformat() == "2026-11-25T02:00:00.250000+00:00"
 
@@ -169,6 +174,7 @@ def test_every_bad_event_is_set_aside_with_its_reason_bytes_and_offset(make_env,
     seen = {}
     for m in dlq:
         headers = {k: v.decode() for k, v in m.headers()}
+        assert headers["flywheel.stage"] == "drain"
         assert headers["flywheel.source.topic"] == topic
         where = (int(headers["flywheel.source.partition"]), int(headers["flywheel.source.offset"]))
         seen[where] = (m.value(), m.key(), headers["flywheel.reason"])
