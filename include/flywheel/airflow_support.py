@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flywheel.alerts import task_failure_callback
 from flywheel.settings import Settings
 from flywheel.specs import ModelSpec, load_specs
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset, Connection
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +51,14 @@ def task_suffix(name: str) -> str:
     return name.replace(".", "_").replace("-", "_")
 
 
-def drained_asset(topic: str) -> Any:
+def drained_asset(topic: str) -> Asset:
     """The Asset updated whenever new rows of ``topic`` land in the object store."""
     from airflow.sdk import Asset
 
     return Asset(name=f"flywheel.drained.{topic}", uri=f"flywheel://drained/{topic}", group="flywheel")
 
 
-def _connection_extra(conn_id: str) -> tuple[Any, dict[str, Any]] | None:
+def _connection_extra(conn_id: str) -> tuple[Connection, dict[str, Any]] | None:
     from airflow.sdk import BaseHook
 
     try:
@@ -96,21 +99,21 @@ def settings_from_airflow() -> Settings:
     return settings.with_overrides(**changes) if changes else settings
 
 
-def model_asset(model: str) -> Any:
+def model_asset(model: str) -> Asset:
     """Updated when a new champion is promoted (or rolled back to) for ``model``."""
     from airflow.sdk import Asset
 
     return Asset(name=f"flywheel.model.{model}", uri=f"flywheel://models/{model}", group="flywheel")
 
 
-def retrain_request_asset(model: str) -> Any:
+def retrain_request_asset(model: str) -> Asset:
     """Drift monitoring updates this to ask for a retrain; the training DAG is scheduled on it."""
     from airflow.sdk import Asset
 
     return Asset(name=f"flywheel.retrain.{model}", uri=f"flywheel://retrain/{model}", group="flywheel")
 
 
-def alarm_asset(settings: Settings | None = None) -> Any:
+def alarm_asset(settings: Settings | None = None) -> Asset:
     """Updated by the triggerer for each alarm on the control topic (``flywheel.alerts``).
 
     One watcher for all models: the Kafka message-queue trigger's consumer group comes from its

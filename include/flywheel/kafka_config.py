@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from flywheel.errors import BrokerUnavailable, ConfigError
 from flywheel.settings import Settings
+
+if TYPE_CHECKING:  # confluent_kafka is imported where a client is made, not when this module is
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
 
 Role = Literal["consumer", "producer", "admin"]
 
@@ -78,7 +82,7 @@ def client_config(settings: Settings, role: Role, **overrides: Any) -> dict[str,
     return config
 
 
-def _admin(settings: Settings) -> Any:
+def _admin(settings: Settings) -> AdminClient:
     from confluent_kafka.admin import AdminClient
 
     try:
@@ -141,7 +145,8 @@ def ensure_topics(
     return sorted(created)
 
 
-def produce_waiting(producer: Any, topic: str, value: bytes | None, key: bytes | None = None, **kwargs: Any) -> None:
+def produce_waiting(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
+                    **kwargs: Any) -> None:
     """Produce, waiting for room when the client's local queue is full instead of failing.
 
     confluent-kafka raises BufferError when ``queue.buffering.max.messages`` are pending; polling lets

@@ -15,8 +15,9 @@ C library's allocator keeps them. Measured on the same load: 1.1-1.4 s of system
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -48,16 +49,25 @@ def small_pages() -> Iterator[None]:
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         yield
         return
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        try:
-            from numpy.core.multiarray import _set_madvise_hugepage
-        except ImportError:
-            yield
-            return
-    previous = _set_madvise_hugepage(False)
+    set_madvise_hugepage = _madvise_switch()
+    if set_madvise_hugepage is None:  # pragma: no cover - a numpy without the switch
+        yield
+        return
+    previous = set_madvise_hugepage(False)
     try:
         yield
     finally:
-        _set_madvise_hugepage(previous)
+        set_madvise_hugepage(previous)
+
+
+def _madvise_switch() -> Callable[[bool], bool] | None:
+    """numpy's private ``_set_madvise_hugepage`` (returns the previous setting), or None if this numpy
+    has none. Looked up by name: it is not in numpy's type stubs."""
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy >= 2, then 1.x
+        try:
+            switch = getattr(importlib.import_module(module), "_set_madvise_hugepage", None)
+        except ImportError:  # pragma: no cover - numpy 1.x has no numpy._core
+            continue
+        if switch is not None:
+            return switch
+    return None

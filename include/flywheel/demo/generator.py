@@ -55,7 +55,7 @@ def make_event(rng: random.Random, seq: int, when: datetime, *, drift: bool = Fa
         amount_vs_avg *= 1.4
         ip_risk = min(1.0, ip_risk + 0.15)
     hour = when.hour
-    features = {
+    features: dict[str, Any] = {
         "event_id": f"{prefix}{seq}",
         "event_time": _iso(when),
         "amount": round(amount, 2),

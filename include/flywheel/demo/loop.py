@@ -28,6 +28,7 @@ from flywheel.demo.stream import LiveStream, Sent, history, send_events
 from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
 from flywheel.specs import ModelSpec
+from flywheel.storage import ObjectStore
 
 
 class DemoFailed(FlywheelError):
@@ -142,7 +143,7 @@ def wait_triggered_run(client: AirflowClient, dag_id: str, after: datetime, time
     raise DemoFailed(f"Airflow did not start {dag_id} from the retrain asset within {timeout_s:.0f}s")
 
 
-def latest_drift_summary(store: Any, model: str) -> dict[str, Any]:
+def latest_drift_summary(store: ObjectStore, model: str) -> dict[str, Any]:
     from flywheel.monitoring.reports import latest_summary
 
     latest = latest_summary(store, model)

@@ -58,9 +58,10 @@ class PredictionCollector(threading.Thread):
         try:
             while not self._halt.is_set():
                 for message in consumer.consume(2000, timeout=0.5):
-                    if message.error() or not message.value():
+                    value = message.value()
+                    if message.error() or not value:
                         continue
-                    self._add(orjson.loads(message.value()))
+                    self._add(orjson.loads(value))
         finally:
             consumer.close()
 

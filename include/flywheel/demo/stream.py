@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
 
 from flywheel.demo.generator import DemoEvent, make_event
 from flywheel.kafka_config import produce_waiting
 from flywheel.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
 
 MALFORMED = b'{"event_id": "broken", "amount": "lots"}'
 
@@ -38,7 +41,7 @@ class Sent:
         return [i for i, p in snapshot.items() if p == phase]
 
 
-def send_events(producer: Any, spec: ModelSpec, events: Iterable[DemoEvent], sent: Sent, phase: str, *,
+def send_events(producer: Producer, spec: ModelSpec, events: Iterable[DemoEvent], sent: Sent, phase: str, *,
                 bad_every: int = 0) -> int:
     """Features and labels of ``events`` as fast as the client takes them (the history backfill)."""
     assert spec.topics.labels is not None
@@ -72,7 +75,7 @@ class LiveStream(threading.Thread):
     Event times are the wall clock minus ``clock_offset`` (see DemoPlan.clock_offset for why).
     """
 
-    def __init__(self, producer: Any, spec: ModelSpec, sent: Sent, *, rate: float, seed: int, prefix: str,
+    def __init__(self, producer: Producer, spec: ModelSpec, sent: Sent, *, rate: float, seed: int, prefix: str,
                  clock_offset: timedelta, label_lag_s: float = 2.0, bad_every: int = 0) -> None:
         super().__init__(name="demo-stream", daemon=True)
         self.producer, self.spec, self.sent = producer, spec, sent

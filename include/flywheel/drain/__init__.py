@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flywheel.events.schema import TopicSchema, topic_schemas
 from flywheel.errors import ConfigError
+from flywheel.events.schema import TopicSchema, topic_schemas
 
 if TYPE_CHECKING:
     from flywheel.drain.runner import DrainLimits

@@ -18,12 +18,15 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import Message
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from flywheel.drain import layout
 from flywheel.drain.buffer import PartitionBuffer
@@ -130,7 +133,7 @@ def drained_file_bytes(table: pa.Table, compression: str) -> bytes:
     return table_bytes(table, compression=compression, use_dictionary=_dictionary_columns(table.schema))
 
 
-def _close_bounded(consumer: Any, timeout_s: float, topic: str) -> None:
+def _close_bounded(consumer: Consumer, timeout_s: float, topic: str) -> None:
     """Close the consumer, but never wait on a broker that is gone for longer than ``timeout_s``.
 
     librdkafka's close waits for outstanding offset commits, which with the broker down means until
@@ -164,7 +167,7 @@ class TopicDrain:
 
     # -- Kafka --------------------------------------------------------------------------------------
 
-    def _consumer(self) -> Any:
+    def _consumer(self) -> Consumer:
         from confluent_kafka import Consumer
 
         config = client_config(
@@ -175,7 +178,7 @@ class TopicDrain:
         config.update(self.consumer_overrides)
         return Consumer(config)
 
-    def _partitions(self, consumer: Any) -> list[int]:
+    def _partitions(self, consumer: Consumer) -> list[int]:
         try:
             metadata = consumer.list_topics(self.topic, timeout=self.settings.broker_timeout_s)
         except Exception as exc:
@@ -227,13 +230,13 @@ class TopicDrain:
         self.store.put(key, drained_file_bytes(table, self.settings.parquet_compression))
         return [key]
 
-    def _dead_letter(self, producer: Any, rejected: list[Rejected], partition: int) -> None:
+    def _dead_letter(self, producer: Producer | None, rejected: list[Rejected], partition: int) -> None:
         """Copy rejected records to ``<topic>.dlq`` (at least once; the store's copy is exactly once)."""
         if producer is None or not rejected:
             return
         errors: list[str] = []
 
-        def on_delivery(err: Any, _msg: Any) -> None:
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 errors.append(err.str())
 
@@ -300,7 +303,7 @@ class TopicDrain:
                   "went on", topic=self.topic)
         return result
 
-    def _open_partition(self, consumer: Any, partition: int, topic_partition: Any) -> _PartitionState:
+    def _open_partition(self, consumer: Consumer, partition: int, topic_partition: type[TopicPartition]) -> _PartitionState:
         try:
             low, high = consumer.get_watermark_offsets(topic_partition(self.topic, partition),
                                                        timeout=self.settings.broker_timeout_s, cached=False)
@@ -323,8 +326,8 @@ class TopicDrain:
                         partition, start, low - 1)
         return state
 
-    def _consume_loop(self, consumer: Any, producer: Any, states: dict[int, _PartitionState], result: DrainResult,
-                      deadline: float, kafka_error: Any, topic_partition: Any) -> None:
+    def _consume_loop(self, consumer: Consumer, producer: Producer | None, states: dict[int, _PartitionState], result: DrainResult,
+                      deadline: float, kafka_error: type[KafkaError], topic_partition: type[TopicPartition]) -> None:
         budget = self.limits.max_records
         taken = 0  # records consumed in this run
         idle_since = time.monotonic()
@@ -365,8 +368,8 @@ class TopicDrain:
                     consumer.pause([topic_partition(self.topic, st.partition)])
             self._bound_memory(consumer, producer, active, result, topic_partition)
 
-    def _take(self, messages: list[Any], active: dict[int, _PartitionState], ended: set[int],
-              kafka_error: Any) -> int:
+    def _take(self, messages: list[Message], active: dict[int, _PartitionState], ended: set[int],
+              kafka_error: type[KafkaError]) -> int:
         """Buffer one ``consume()`` batch by partition; returns how many records were taken.
 
         The consumer returns runs of consecutive records of one partition, so whole runs are moved at
@@ -379,7 +382,7 @@ class TopicDrain:
                 if err is None:
                     kept.append(m)
                 elif err.code() == kafka_error._PARTITION_EOF:
-                    ended.add(m.partition())
+                    ended.add(m.partition() or 0)
                 elif err.fatal() or err.code() in (kafka_error.UNKNOWN_TOPIC_OR_PART,
                                                    kafka_error.TOPIC_AUTHORIZATION_FAILED):
                     raise BrokerUnavailable(f"{self.topic}: {err.str()}")
@@ -388,7 +391,7 @@ class TopicDrain:
             messages = kept
         taken = 0
         for partition, run in groupby(messages, Message.partition):
-            st = active.get(partition)
+            st = active.get(partition) if partition is not None else None
             if st is None:  # a partition we already finished; its records stay for the next run
                 continue
             records = list(run)
@@ -396,8 +399,8 @@ class TopicDrain:
             taken += len(records)
         return taken
 
-    def _bound_memory(self, consumer: Any, producer: Any, active: dict[int, _PartitionState], result: DrainResult,
-                      topic_partition: Any) -> None:
+    def _bound_memory(self, consumer: Consumer, producer: Producer | None, active: dict[int, _PartitionState], result: DrainResult,
+                      topic_partition: type[TopicPartition]) -> None:
         """Keep all partitions' buffers together under flush_rows / flush_bytes by cutting the largest.
 
         The limits bound one chunk; without this, every partition could hold nearly a chunk at once.
@@ -424,8 +427,8 @@ class TopicDrain:
             return st.buffer.last_offset() >= st.pinned_end
         return len(st.buffer) >= self.limits.flush_rows or st.buffer.size >= self.limits.flush_bytes or at_end
 
-    def _cut_chunk(self, consumer: Any, producer: Any, st: _PartitionState, result: DrainResult,
-                   topic_partition: Any) -> None:
+    def _cut_chunk(self, consumer: Consumer, producer: Producer | None, st: _PartitionState, result: DrainResult,
+                   topic_partition: type[TopicPartition]) -> None:
         """Claim, write and commit the buffered records of one partition as one chunk."""
         if st.pinned_end is not None:
             last = st.pinned_end
@@ -484,7 +487,7 @@ class TopicDrain:
         self._commit_group_offset(self._kafka_consumer, manifest.partition, manifest.next_offset,
                                   self._topic_partition)
 
-    def _write_chunk(self, producer: Any, batch: RawBatch, ledger: PartitionLedger, start: int, last: int,
+    def _write_chunk(self, producer: Producer | None, batch: RawBatch, ledger: PartitionLedger, start: int, last: int,
                      expired: list[int] | None, size: int) -> _ChunkDone:
         partition = batch.partition
         decoded = decode_batch(self.schema, batch, max_event_bytes=self.limits.max_event_bytes)
@@ -499,7 +502,8 @@ class TopicDrain:
         )
         return _ChunkDone(manifest, ledger.commit(manifest), size)
 
-    def _commit_group_offset(self, consumer: Any, partition: int, offset: int, topic_partition: Any) -> None:
+    def _commit_group_offset(self, consumer: Consumer, partition: int, offset: int,
+                             topic_partition: type[TopicPartition]) -> None:
         """For lag dashboards only; the ledger is what the next run resumes from."""
         try:
             consumer.commit(offsets=[topic_partition(self.topic, partition, offset)], asynchronous=True)

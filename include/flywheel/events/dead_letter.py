@@ -50,13 +50,15 @@ def produce_dead_letters(producer: Producer, stage: str, topic: str, partition: 
     from confluent_kafka import KafkaError, KafkaException
 
     dlq = dead_letter_topic(topic)
-    extra = {} if on_delivery is None else {"on_delivery": on_delivery}
     for r in rejected:
-        headers = dead_letter_headers(stage, topic, partition, r)
+        headers: list[tuple[str, str | bytes | None]] = list(dead_letter_headers(stage, topic, partition, r))
         value = r.value
         while True:
             try:
-                producer.produce(dlq, value=value, key=r.key, headers=headers, **extra)
+                if on_delivery is None:  # the producer's own callback (set in its config) reports
+                    producer.produce(dlq, value=value, key=r.key, headers=headers)
+                else:
+                    producer.produce(dlq, value=value, key=r.key, headers=headers, on_delivery=on_delivery)
                 break
             except BufferError:  # the local queue is full: let librdkafka send, then go on
                 producer.poll(0.05)
@@ -65,5 +67,5 @@ def produce_dead_letters(producer: Producer, stage: str, topic: str, partition: 
                     raise
                 log.warning("%s[%d]@%d: dead letter too large to produce; sending it without its value",
                             topic, partition, r.offset)
-                headers = [*headers, ("flywheel.value.omitted", str(len(value)).encode())]
+                headers.append(("flywheel.value.omitted", str(len(value)).encode()))
                 value = None

@@ -19,13 +19,15 @@ that the bulk path and :func:`decode_reference` agree on every input.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -41,6 +43,8 @@ BLOCK_RECORDS = 16_384
 _READ_OPTIONS = pj.ReadOptions(block_size=1 << 20, use_threads=True)
 _NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+#: What every ISO-8601 time starts with; other values skip the bulk cast (a prefilter, not the rule).
+_ISO_DATE = r"^\d{4}-\d{2}-\d{2}"
 Headers = Sequence[tuple[str, bytes | None]]
 
 
@@ -66,8 +70,8 @@ class RawBatch:
     topic: str
     partition: int
     values: list[bytes | None] | None
-    offsets: Sequence[int]  # a list, or an int64 array
-    timestamps_ms: Sequence[int]
+    offsets: Sequence[int] | np.ndarray  # a list, or an int64 array
+    timestamps_ms: Sequence[int] | np.ndarray
     keys: list[bytes | None] | pa.Array
     joined: bytes | None = None
     lengths: np.ndarray | None = None
@@ -162,42 +166,75 @@ def _extra_json(obj: dict[str, Any], declared: frozenset[str]) -> str | None:
     return orjson.dumps(extra).decode() if extra else None
 
 
+class _Rule:
+    """The per-record rule for one schema, with its field list and converters looked up once."""
+
+    def __init__(self, schema: TopicSchema, max_event_bytes: int) -> None:
+        parse = schema.parse_schema
+        self.max_event_bytes = max_event_bytes
+        self.fields = [(name, _CONVERT[t], _EXPECTED[t], t == pa.int64())
+                       for name, t in zip(parse.names, parse.types, strict=True)]
+        self.declared = frozenset(parse.names)
+
+    def __call__(self, value: bytes | None) -> tuple[list[object], str | None] | tuple[str, str]:
+        if value is None:
+            return "tombstone", "record has no value (a delete marker)"
+        if len(value) > self.max_event_bytes:
+            return "oversized", f"{len(value)} bytes is over the limit of {self.max_event_bytes}"
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return "not_utf8", f"value is not valid UTF-8 (byte {bad.start})"
+            return "not_json", f"not JSON: {exc}"
+        if _too_deep(value, obj):
+            return "not_json", f"nested deeper than {MAX_DEPTH} levels"
+        if type(obj) is not dict:
+            return "not_object", f"JSON {_json_type(obj)}, expected an object"
+        values: list[object] = []
+        append = values.append
+        get = obj.get
+        for name, convert, expected, is_int in self.fields:
+            raw = get(name)
+            if raw is None:
+                append(None)
+                continue
+            converted = convert(raw)
+            if converted is None:
+                got = "an integer outside 64 bits" if is_int and type(raw) is int else _json_type(raw)
+                return "wrong_type", f"field {name!r}: expected {expected}, got {got}"
+            append(converted)
+        declared = self.declared
+        if len(obj) > len(values) or not declared.issuperset(obj):
+            return values, _extra_json(obj, declared)
+        return values, None
+
+
 def judge(schema: TopicSchema, value: bytes | None, max_event_bytes: int) -> tuple[list[object], str | None] | tuple[str, str]:
     """The rule for one value: (declared values in ``parse_schema`` order, ``_extra``) or (reason, detail).
 
+    orjson refuses invalid UTF-8 too; which of the two a value is, Python's own decoder then says.
     Required fields and event times are checked on the rows afterwards, the same way for both paths.
     """
-    if value is None:
-        return "tombstone", "record has no value (a delete marker)"
-    if len(value) > max_event_bytes:
-        return "oversized", f"{len(value)} bytes is over the limit of {max_event_bytes}"
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return "not_utf8", f"value is not valid UTF-8 (byte {exc.start})"
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return "not_json", f"not JSON: {exc}"
-    if _too_deep(value, obj):
-        return "not_json", f"nested deeper than {MAX_DEPTH} levels"
-    if not isinstance(obj, dict):
-        return "not_object", f"JSON {_json_type(obj)}, expected an object"
-    schema_ = schema.parse_schema
-    values: list[object] = []
-    for name, arrow_type in zip(schema_.names, schema_.types, strict=True):
-        raw = obj.get(name)
-        if raw is None:
-            values.append(None)
-            continue
-        converted = _CONVERT[arrow_type](raw)
-        if converted is None:
-            got = _json_type(raw)
-            if arrow_type == pa.int64() and type(raw) is int:
-                got = "an integer outside 64 bits"
-            return "wrong_type", f"field {name!r}: expected {_EXPECTED[arrow_type]}, got {got}"
-        values.append(converted)
-    return values, _extra_json(obj, frozenset(schema_.names))
+    return _Rule(schema, max_event_bytes)(value)
+
+
+_INT64 = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
+_MSGSPEC_TYPES: dict[pa.DataType, Any] = {pa.float64(): float, pa.int64(): _INT64, pa.bool_(): bool, pa.string(): str}
+
+
+@functools.lru_cache(maxsize=64)
+def _typed_decoder(parse_schema: pa.Schema) -> msgspec.json.Decoder[Any]:
+    """A msgspec decoder that accepts exactly the plain good records of a schema: every declared field
+    optional and of its JSON type, integers within 64 bits, no other field (so no ``_extra`` to keep).
+    Attribute names are positional (``f0`` ...): field names need not be Python identifiers."""
+    struct = msgspec.defstruct(
+        "PlainEvent", [(f"f{i}", _MSGSPEC_TYPES[t] | None, None) for i, t in enumerate(parse_schema.types)],
+        rename={f"f{i}": name for i, name in enumerate(parse_schema.names)}, forbid_unknown_fields=True, gc=False,
+    )
+    return msgspec.json.Decoder(struct)
 
 
 class _Decoder:
@@ -213,6 +250,8 @@ class _Decoder:
                        if t == pa.float64()]
         self.rejected: dict[int, Rejected] = {}
         self.ascii = False
+        #: Whether the next block is tried in bulk straight away (False after a block with bad records).
+        self.optimistic = True
 
     def reject(self, i: int, reason: str, detail: str) -> None:
         self.rejected[i] = self.batch.reject(i, reason, detail)
@@ -257,9 +296,39 @@ class _Decoder:
                     continue
                 values = b.value_list()
                 text = memoryview(b"\n".join(values[i] for i in idx.tolist()))  # type: ignore[misc]
-            table = self.parse_bulk(idx, text)
-            out += [(idx, table)] if table is not None else self.judge_all(idx)
+            # After a block with bad records the next is screened first: a failed bulk parse costs nearly
+            # a whole parse (Arrow's threads parse every block before the error is reported).
+            table = self.parse_bulk(idx, text) if self.optimistic else None
+            out += [(idx, table)] if table is not None else self.salvage(idx)
         return out
+
+    def salvage(self, idx: np.ndarray) -> list[tuple[np.ndarray, pa.Table]]:
+        """A block Arrow could not take whole. Judging each record by the rule in Python costs several
+        times Arrow's parse, so a typed msgspec decoder first picks out, at C speed, the records that are
+        plainly good (declared fields only, of their types, one line): Arrow parses those in one go, and
+        only the rest (bad ones, and ones with undeclared fields) are judged one by one. msgspec only ever
+        lets a record skip the slow judge; where it and the rule could differ it refuses, and the rule
+        decides."""
+        values = self.batch.value_list()
+        decode = _typed_decoder(self.parse_schema).decode
+        plain = []
+        for i in idx.tolist():
+            v = values[i]
+            try:
+                decode(v)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+                continue
+            if b"\n" not in v and b"\r" not in v:
+                plain.append(i)
+        self.optimistic = len(plain) == len(idx)
+        if not plain:
+            return self.judge_all(idx)
+        plain_idx = np.asarray(plain, dtype=np.int64)
+        table = self.parse_bulk(plain_idx, memoryview(b"\n".join(values[i] for i in plain)))
+        if table is None:
+            return self.judge_all(idx)
+        rest = np.setdiff1d(idx, plain_idx, assume_unique=True)
+        return [(plain_idx, table), *self.judge_all(rest)] if len(rest) else [(plain_idx, table)]
 
     def parse_bulk(self, idx: np.ndarray, text: memoryview) -> pa.Table | None:
         """Arrow's parse of the records ``idx`` (``text``: their values, one per line), normalised; None
@@ -315,15 +384,16 @@ class _Decoder:
         columns: list[list[object]] = [[] for _ in names]
         extras: list[str | None] = []
         kept = []
+        rule = _Rule(self.schema, self.max_event_bytes)
         for i in idx.tolist():
-            verdict = judge(self.schema, values[i], self.max_event_bytes)
+            verdict = rule(values[i])
             if isinstance(verdict[0], str):
-                self.reject(i, verdict[0], verdict[1])  # type: ignore[arg-type]
+                self.reject(i, verdict[0], verdict[1])
                 continue
             row, extra = verdict
-            for column, v in zip(columns, row, strict=True):  # type: ignore[arg-type]
+            for column, v in zip(columns, row, strict=True):
                 column.append(v)
-            extras.append(extra)  # type: ignore[arg-type]
+            extras.append(extra)
             kept.append(i)
         if not kept:
             return []
@@ -348,28 +418,50 @@ class _Decoder:
 
     def event_times(self, idx: np.ndarray, column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
         """ISO-8601 strings to UTC timestamps, value by value: Arrow's cast, else Python's parser (a naive
-        time is UTC); nulls stay null. A failed cast is split in halves, so k bad values cost O(k log n)."""
+        time is UTC); nulls stay null. When the column does not cast whole, values that cannot start an
+        ISO date go straight to the one-value path and the rest is cast in halves, so k bad values cost
+        O(k log n) casts."""
+        values = column.combine_chunks()
         ok = np.ones(len(idx), dtype=bool)
-        parsed = self._cast_times(column.combine_chunks(), 0, idx, ok)
-        return pa.concat_arrays(parsed) if parsed else pa.array([], EVENT_TIME_TYPE), ok
-
-    def _cast_times(self, values: pa.Array, base: int, idx: np.ndarray, ok: np.ndarray) -> list[pa.Array]:
         try:
-            return [pc.cast(values, EVENT_TIME_TYPE)]
+            return pc.cast(values, EVENT_TIME_TYPE), ok
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
-        if len(values) > 1:
-            mid = len(values) // 2
-            return (self._cast_times(values.slice(0, mid), base, idx, ok)
-                    + self._cast_times(values.slice(mid), base + mid, idx, ok))
-        text = values[0].as_py()
+        micros = np.zeros(len(values), np.int64)
+        valid = np.zeros(len(values), dtype=bool)
+        plausible = pc.fill_null(pc.match_substring_regex(values, _ISO_DATE), True).to_numpy(zero_copy_only=False)
+        self._cast_times(values, np.flatnonzero(plausible), micros, valid, ok, idx)
+        for position in np.flatnonzero(~plausible).tolist():
+            self._cast_times(values, np.asarray([position]), micros, valid, ok, idx)
+        return pa.array(micros, pa.int64(), mask=~valid).cast(EVENT_TIME_TYPE), ok
+
+    def _cast_times(self, values: pa.Array, positions: np.ndarray, micros: np.ndarray, valid: np.ndarray,
+                    ok: np.ndarray, idx: np.ndarray) -> None:
+        if not len(positions):
+            return
+        try:
+            cast = pc.cast(pc.cast(values.take(from_numpy(positions, pa.int64())), EVENT_TIME_TYPE), pa.int64())
+            valid[positions] = cast.is_valid().to_numpy(zero_copy_only=False)
+            micros[positions] = cast.fill_null(0).to_numpy(zero_copy_only=False)
+            return
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        if len(positions) > 1:
+            mid = len(positions) // 2
+            self._cast_times(values, positions[:mid], micros, valid, ok, idx)
+            self._cast_times(values, positions[mid:], micros, valid, ok, idx)
+            return
+        position = int(positions[0])
+        text = values[position].as_py()
         try:
             ts = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-            return [pa.array([ts if ts.tzinfo else ts.replace(tzinfo=UTC)], EVENT_TIME_TYPE)]
+            ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+            micros[position] = pa.scalar(ts, EVENT_TIME_TYPE).cast(pa.int64()).as_py()
+            valid[position] = True
         except (ValueError, OverflowError, pa.ArrowException):
-            ok[base] = False
-            self.reject(int(idx[base]), "bad_timestamp", f"{self.schema.time_field}={text[:200]!r} is not ISO-8601")
-            return [pa.nulls(1, EVENT_TIME_TYPE)]
+            ok[position] = False
+            self.reject(int(idx[position]), "bad_timestamp",
+                        f"{self.schema.time_field}={text[:200]!r} is not ISO-8601")
 
     # -- the result ---------------------------------------------------------------------------------
 

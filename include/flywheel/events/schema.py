@@ -7,6 +7,7 @@ The spec declares the features topic fully; labels and predictions have shapes f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -51,14 +52,14 @@ class TopicSchema:
     #: ISO-8601 event-time field used to partition files by date/hour; the Kafka timestamp otherwise.
     time_field: str | None
 
-    @property
+    @cached_property
     def parse_schema(self) -> pa.Schema:
         fields = dict(self.fields)
         if self.time_field:
             fields[self.time_field] = pa.string()
         return pa.schema(list(fields.items()))
 
-    @property
+    @cached_property
     def output_schema(self) -> pa.Schema:
         fields = [pa.field(n, t, nullable=n not in self.required) for n, t in self.fields.items()]
         if self.time_field:

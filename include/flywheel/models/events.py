@@ -7,11 +7,14 @@ champion from the topic; the champion pointer in the store stays the source of t
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flywheel.errors import BrokerUnavailable
 from flywheel.kafka_config import client_config, ensure_topics
 from flywheel.settings import Settings
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import ClusterMetadata
 
 
 def publish_model_event(settings: Settings, event: dict[str, Any]) -> None:
@@ -24,11 +27,11 @@ def publish_model_event(settings: Settings, event: dict[str, Any]) -> None:
     # once (no linger): the idempotent producer's id handshake would cost more than the send.
     producer = Producer(client_config(settings, "producer", **{"enable.idempotence": False, "linger.ms": 0}))
     try:
-        existing = producer.list_topics(timeout=settings.broker_timeout_s).topics
+        metadata: ClusterMetadata = producer.list_topics(timeout=settings.broker_timeout_s)
     except Exception as exc:  # confluent_kafka.KafkaException: no broker answered
         raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer within "
                                 f"{settings.broker_timeout_s:g}s ({exc}); model event for {event['model']} not sent") from None
-    if topic not in existing:
+    if topic not in metadata.topics:
         ensure_topics(settings, [topic], partitions=1, compacted=[topic])
     errors: list[str] = []
     producer.produce(topic, key=event["model"].encode(), value=json.dumps(event, sort_keys=True, default=str).encode(),

@@ -8,10 +8,13 @@ is ignored, so a stray message cannot start a drift check.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the triggerer hands over confluent-kafka's own message
+    from confluent_kafka import Message
 
 
-def alarm_payload(message: Any) -> dict[str, Any] | None:
+def alarm_payload(message: Message) -> dict[str, Any] | None:
     """apply_function of the Kafka message-queue trigger: the alarm to act on, or None to ignore."""
     raw = message.value()
     if not raw:

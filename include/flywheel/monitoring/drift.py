@@ -170,7 +170,7 @@ def run_drift_check(settings: Settings, spec: ModelSpec, as_of: datetime, *, win
     if quality and quality.get("auc") is not None and champion_auc is not None:
         auc_drop = round(champion_auc - quality["auc"], 6)
     prefix = report_prefix(spec.name, champion.version, as_of)
-    summary = {
+    summary: dict[str, Any] = {
         "status": "checked", "model": spec.name, "version": champion.version, "trigger": trigger,
         "window": {"start": since.isoformat(), "end": as_of.isoformat()},
         "rows": {"current_in_window": rows_in_window, "current_sampled": current_table.num_rows,

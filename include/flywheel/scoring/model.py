@@ -100,7 +100,7 @@ def load_serving_model(models: ModelStore, spec: ModelSpec, version: int, *, com
         raise ModelRefused(f"{spec.name} v{version}: model expects {booster.num_feature()} features, spec has {len(names)}")
 
     def plain(X: np.ndarray) -> np.ndarray:
-        return booster.predict(X, num_threads=1)
+        return np.asarray(booster.predict(X, num_threads=1))  # an ndarray already for a dense X: no copy
 
     rows = _smoke_rows(models, spec, version, len(names))
     reference = np.asarray(plain(rows), dtype=np.float64)

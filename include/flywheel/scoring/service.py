@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -30,6 +30,11 @@ from flywheel.scoring.model import ServingModel
 from flywheel.scoring.watcher import ChampionWatcher
 from flywheel.settings import Settings
 from flywheel.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+    from flywheel.events.decode import Headers
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +64,9 @@ class Scorer:
         #: Delivery failures reported since the batch in hand started (the producer's one callback).
         self._delivery_errors: list[str] = []
         #: The messages the broker refused since the batch in hand started: produced again, alone.
-        self._undelivered: list[tuple[str, bytes | None, bytes | None, Any]] = []
+        self._undelivered: list[tuple[str, bytes | None, bytes | None, Headers]] = []
         #: Latest committed position per partition, committed once more synchronously at shutdown.
-        self._last_offsets: dict[tuple[str, int], Any] = {}
+        self._last_offsets: dict[tuple[str, int], TopicPartition] = {}
         self.stopping = threading.Event()
         self.watcher = ChampionWatcher(settings, spec, compile_model=options.compile_model,
                                        poll_interval_s=options.poll_interval_s,
@@ -109,7 +114,7 @@ class Scorer:
         log.info("%s: now scoring with v%d, %s predictor (was v%s)", self.spec.name, model.version, model.predictor,
                  previous.version if previous else None)
 
-    def _clients(self) -> tuple[Any, Any, Any]:
+    def _clients(self) -> tuple[Consumer, Producer, Producer]:
         from confluent_kafka import Consumer, Producer
 
         consumer = Consumer(client_config(self.settings, "consumer", **{
@@ -171,12 +176,12 @@ class Scorer:
         log.info("%s scorer stopped: %s", self.spec.name, self.metrics.snapshot())
         return self.metrics
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._delivery_errors.append(err.str())
-            self._undelivered.append((msg.topic(), msg.value(), msg.key(), msg.headers()))
+            self._undelivered.append((msg.topic() or "", msg.value(), msg.key(), cast("Headers", msg.headers())))
 
-    def _revoked(self, partitions: list[Any]) -> None:
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
         """Forget revoked partitions: their new owner commits them from now on."""
         log.info("revoked %s", [p.partition for p in partitions])
         for p in partitions:
@@ -184,11 +189,11 @@ class Scorer:
 
     # -- one batch ----------------------------------------------------------------------------------
 
-    def _process(self, consumer: Any, producer: Any, messages: list[Any]) -> None:
+    def _process(self, consumer: Consumer, producer: Producer, messages: list[Message]) -> None:
         from confluent_kafka import KafkaError
 
         started = time.perf_counter()
-        by_partition: dict[int, list[Any]] = {}
+        by_partition: dict[int, list[Message]] = {}
         for m in messages:
             err = m.error()
             if err is not None:
@@ -197,7 +202,7 @@ class Scorer:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("scorer consumer error (retrying): %s", err.str())
                 continue
-            by_partition.setdefault(m.partition(), []).append(m)
+            by_partition.setdefault(cast(int, m.partition()), []).append(m)
         if not by_partition:
             return
         try:
@@ -223,24 +228,24 @@ class Scorer:
         threading.Thread(target=alert, args=(kind, self.spec.name, message), daemon=True,
                          name="scorer-alert").start()
 
-    def _rewind(self, consumer: Any, by_partition: dict[int, list[Any]]) -> None:
+    def _rewind(self, consumer: Consumer, by_partition: dict[int, list[Message]]) -> None:
         from confluent_kafka import TopicPartition
 
         for partition, batch in by_partition.items():
             try:
-                consumer.seek(TopicPartition(self.spec.topics.features, partition, batch[0].offset()))
+                consumer.seek(TopicPartition(self.spec.topics.features, partition, cast(int, batch[0].offset())))
             except Exception as exc:  # revoked meanwhile: its new owner resumes from the committed offset
                 log.info("partition %d not rewound (%s)", partition, exc)
 
-    def _score(self, partition: int, batch: list[Any]) -> ScoredBatch:
+    def _score(self, partition: int, batch: list[Message]) -> ScoredBatch:
         """The pure core over one partition's messages; a batch in which every record failed on its own
         is a failure of the scorer (e.g. its model), not of the records: it is retried, not dead-lettered."""
         model = self.model
         assert model is not None
-        headers = [m.headers() for m in batch]
+        headers = cast("list[Headers | None]", [m.headers() for m in batch])
         raw = RawBatch(self.spec.topics.features, partition, [m.value() for m in batch],
-                       [m.offset() for m in batch], [m.timestamp()[1] for m in batch], [m.key() for m in batch],
-                       headers=headers if any(headers) else None)
+                       cast("list[int]", [m.offset() for m in batch]), [m.timestamp()[1] for m in batch],
+                       [m.key() for m in batch], headers=headers if any(headers) else None)
         scored = score_batch(self.spec, self.schema, raw, model)
         if scored.internal_errors:
             if scored.internal_errors == len(batch) > 1:
@@ -250,7 +255,7 @@ class Scorer:
                         f"dead-lettered as internal_error: {scored.rejected[0].detail}")
         return scored
 
-    def _score_and_deliver(self, consumer: Any, producer: Any, by_partition: dict[int, list[Any]],
+    def _score_and_deliver(self, consumer: Consumer, producer: Producer, by_partition: dict[int, list[Message]],
                            started: float) -> None:
         from confluent_kafka import TopicPartition
 
@@ -267,7 +272,7 @@ class Scorer:
             for partition, scored in results.items():
                 self._produce_predictions(producer, scored)
                 produce_dead_letters(producer, "scorer", topic, partition, scored.rejected)
-            offsets = [TopicPartition(topic, p, batch[-1].offset() + 1) for p, batch in by_partition.items()]
+            offsets = [TopicPartition(topic, p, cast(int, batch[-1].offset()) + 1) for p, batch in by_partition.items()]
             if eos:
                 producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
                                                      self.settings.broker_timeout_s)
@@ -291,7 +296,7 @@ class Scorer:
         self.metrics.record_batch(consumed, scored_n, dead, (time.perf_counter() - started) * 1000, e2e,
                                   predictor=self.model.predictor if self.model else "plain")
 
-    def _flush_until_acknowledged(self, producer: Any) -> None:
+    def _flush_until_acknowledged(self, producer: Producer) -> None:
         """Wait until the broker acknowledged every message of the batch. A message it refused is produced
         again, alone; one that is still queued is waited for, never produced twice. So a broker that
         comes back after a blip gets each prediction once. Bounded by max.poll.interval.ms (half of
@@ -313,7 +318,7 @@ class Scorer:
             for topic, value, key, headers in failed:
                 _produce(producer, topic, value, key, headers)
 
-    def _produce_predictions(self, producer: Any, scored: ScoredBatch) -> None:
+    def _produce_predictions(self, producer: Producer, scored: ScoredBatch) -> None:
         topic = self.spec.topics.predictions
         produce = producer.produce
         for payload, key in zip(scored.values, scored.keys, strict=True):
@@ -323,10 +328,10 @@ class Scorer:
                 _produce(producer, topic, payload, key, None)
 
 
-def _produce(producer: Any, topic: str, value: bytes | None, key: bytes | None, headers: Any) -> None:
+def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None) -> None:
     while True:
         try:
-            producer.produce(topic, value, key, headers=headers)
+            producer.produce(topic, value, key, headers=cast(Any, headers))
             return
         except BufferError:
             producer.poll(0.05)

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flywheel.kafka_config import client_config
 from flywheel.models.store import ModelStore
@@ -28,6 +28,10 @@ from flywheel.scoring.compiler import CompileCancelled, CompileFailed, CompileJo
 from flywheel.scoring.model import ModelRefused, ServingModel, load_serving_model
 from flywheel.settings import Settings
 from flywheel.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import ClusterMetadata
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +146,15 @@ class ChampionWatcher(threading.Thread):
         if champion is not None:
             self._offer(champion.version, "the store")
 
-    def _events_consumer(self) -> Any:
+    def _events_consumer(self) -> Consumer:
         from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
         consumer = Consumer(client_config(
             self.settings, "consumer", **{"group.id": f"{self.settings.group_prefix}-watcher-{self.spec.name}",
                                           "enable.partition.eof": False}))
         try:
-            metadata = consumer.list_topics(self.settings.model_events_topic, timeout=self.settings.broker_timeout_s)
+            metadata: ClusterMetadata = consumer.list_topics(self.settings.model_events_topic,
+                                                             timeout=self.settings.broker_timeout_s)
             partitions = sorted(metadata.topics[self.settings.model_events_topic].partitions)
         except Exception:
             partitions = [0]
@@ -161,7 +166,7 @@ class ChampionWatcher(threading.Thread):
         return consumer
 
     def run(self) -> None:
-        consumer = None
+        consumer: Consumer | None = None
         next_poll = 0.0
         try:
             while not self._stop_event.is_set():
@@ -179,11 +184,17 @@ class ChampionWatcher(threading.Thread):
                 message = consumer.poll(0.5)
                 if message is None or message.error() or message.key() != self.spec.name.encode():
                     continue
+                value = message.value()  # None for a tombstone: unreadable, but still a reason to look
                 try:
-                    event = json.loads(message.value())
+                    event = json.loads(value) if value is not None else None
+                except ValueError:
+                    event = None
+                if isinstance(event, dict):
                     action = event.get("action", "promote")
-                    self.refused.pop(event.get("version"), None)  # announced again: worth another try
-                except (ValueError, AttributeError):
+                    version = event.get("version")
+                    if isinstance(version, int):
+                        self.refused.pop(version, None)  # announced again: worth another try
+                else:
                     action = "an unreadable event"
                 self.last_event_at = time.time()
                 log.info("%s: model event (%s) on %s; checking the champion", self.spec.name, action,

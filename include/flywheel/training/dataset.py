@@ -184,4 +184,5 @@ def load_training_data(store: ObjectStore, spec: ModelSpec, window: Window, *, r
     rng = np.random.default_rng(spec.training.seed if seed is None else seed)
     sample = np.sort(rng.choice(n_train, size=min(reference_rows, n_train), replace=False))
     reference = features.select(spec.feature_names).take(pa.array(rows[:n_train][sample]))
-    return TrainingData(*splits, schema=schema, window=window, counts=counts, reference=reference)
+    train, validation, holdout = splits
+    return TrainingData(train, validation, holdout, schema=schema, window=window, counts=counts, reference=reference)

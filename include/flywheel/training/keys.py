@@ -10,6 +10,7 @@ columns are gathered once, straight into the training matrix.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -75,8 +76,8 @@ def _encode(values: pa.Array) -> np.ndarray:
 def _bucket_of(values: pa.Array) -> np.ndarray:
     """A bucket number per string from its length and its last two bytes: a function of the string
     alone (bytes before a short string's start are never read), in a few passes over 32-bit ints."""
-    offset_type = np.int64 if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type) \
-        else np.int32
+    offset_type: type[np.signedinteger[Any]] = (
+        np.int64 if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type) else np.int32)
     offsets = np.frombuffer(values.buffers()[1], dtype=offset_type)[values.offset:values.offset + len(values) + 1]
     buffer = values.buffers()[2]
     # Two zero bytes in front, so the last two bytes of any string can be read without a bounds check.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def train_model(spec: ModelSpec, data: TrainingData, *, num_threads: int = 0) ->
 
     params = lightgbm_params(spec) | ({"num_threads": num_threads} if num_threads else {})
     names = [e["name"] for e in data.schema]
-    categorical = categorical_indices(data.schema) or "auto"
+    categorical: list[int] | Literal["auto"] = categorical_indices(data.schema) or "auto"
     train_set = lgb.Dataset(data.train.X, data.train.y, feature_name=names, categorical_feature=categorical,
                             free_raw_data=False)
     valid_set = lgb.Dataset(data.validation.X, data.validation.y, reference=train_set)

@@ -92,8 +92,11 @@ def to_onnx_fast(text: str, n_features: int) -> bytes | None:
     from onnx import TensorProto, helper
 
     node = helper.make_node("TreeEnsembleClassifier", ["features"], ["label", "probabilities"],
-                            name="LgbmClassifier", domain="ai.onnx.ml", classlabels_int64s=[0, 1],
-                            post_transform="LOGISTIC", **attrs)
+                            name="LgbmClassifier", domain="ai.onnx.ml")
+    # The attributes as make_node(**attributes) would add them (sorted by name), without handing the
+    # tree arrays to it as keywords it also reads as its own parameters (doc_string, overload).
+    attributes: dict[str, object] = {"classlabels_int64s": [0, 1], "post_transform": "LOGISTIC", **attrs}
+    node.attribute.extend(helper.make_attribute(key, value) for key, value in sorted(attributes.items()))
     graph = helper.make_graph(
         [node], "flywheel_lightgbm",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flywheel.settings import Settings
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import ClusterMetadata
 
 #: How many of the newest messages of each partition to look at: a few minutes of snapshots.
 TAIL_MESSAGES = 200
@@ -54,12 +57,13 @@ def read_snapshots(settings: Settings, model: str, timeout_s: float) -> list[dic
         "enable.partition.eof": True, "fetch.wait.max.ms": 100}))
     try:
         try:
-            meta = consumer.list_topics(topic, timeout=left())
+            meta: ClusterMetadata = consumer.list_topics(topic, timeout=left())
         except KafkaException as exc:
             raise MetricsUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc.args[0]}") from None
         if topic not in meta.topics or meta.topics[topic].error is not None:
             raise MetricsUnavailable(f"no {topic} topic yet")
-        assignment, ends = [], {}
+        assignment: list[TopicPartition] = []
+        ends: dict[int, int] = {}  # partition -> its end offset when the read began
         for partition in meta.topics[topic].partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=left())
             if high > low:
@@ -68,20 +72,23 @@ def read_snapshots(settings: Settings, model: str, timeout_s: float) -> list[dic
         if not assignment:
             return []
         consumer.assign(assignment)
-        snapshots, done = [], set()
+        snapshots: list[dict[str, Any]] = []
+        done: set[int] = set()
         while len(done) < len(ends) and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=500, timeout=min(left(), 0.2)):
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        done.add(msg.partition())
+                part, offset, error = msg.partition(), msg.offset(), msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF and part is not None:
+                        done.add(part)
                     continue
-                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    done.add(msg.partition())
-                if msg.key() != model.encode():
+                if part is not None and offset is not None and offset + 1 >= ends.get(part, 0):
+                    done.add(part)
+                raw = msg.value()
+                if msg.key() != model.encode() or raw is None:
                     continue
                 try:
-                    value = json.loads(msg.value())
-                except (TypeError, ValueError):
+                    value = json.loads(raw)
+                except ValueError:
                     continue
                 if isinstance(value, dict) and value.get("kind") == "scorer":
                     snapshots.append(value)

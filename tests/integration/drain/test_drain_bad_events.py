@@ -135,6 +135,7 @@ def test_every_bad_event_is_set_aside_with_its_reason_bytes_and_offset(make_env,
     assert len(expected_bad) == len(bad) + 2
 
     summary = drain_topic(env.settings, topic)
+    assert summary["rows"] + summary["rejected"] == produced, (produced, summary)
     assert summary["rows"] == len(expected_good)
     assert summary["rejected"] == len(expected_bad)
     assert summary["rows"] + summary["rejected"] == produced
