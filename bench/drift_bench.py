@@ -8,7 +8,7 @@ Setup (not measured, in a process of its own): a private local store (.local/ben
 wiped first) gets, exactly as the drain writes them (records spread over 4 partitions by key as
 librdkafka's consistent partitioner does, cut into one chunk per partition per 5 minutes of event
 time (the spec's drain schedule), decoded by the drain's ``decode_batch`` and written one Parquet file
-per event hour by ``TopicDrain._write_rows``; no Kafka involved):
+per event hour by the drain's ``ChunkWriter``; no Kafka involved):
 
 * ``--history-rows`` (40k) stationary fraud events with their labels, on which a champion is trained,
   validated and promoted with the real pipeline (``train_challenger`` / ``validate_challenger`` /
@@ -163,13 +163,12 @@ class _DrainWriter:
 
     def __init__(self, settings: Any, spec: Any, store: Any, kinds: list[str]) -> None:
         from flywheel.drain import limits_for
-        from flywheel.drain.runner import TopicDrain
+        from flywheel.drain.chunk import ChunkWriter
         from flywheel.events.schema import topic_schemas
 
         self.limits = limits_for(spec)
         self.schemas = {s.kind: s for s in topic_schemas(spec) if s.kind in kinds}
-        self.drains = {k: TopicDrain(settings, s, store, self.limits, owner="bench-drift-setup")
-                       for k, s in self.schemas.items()}
+        self.drains = {k: ChunkWriter(store, s, settings.parquet_compression) for k, s in self.schemas.items()}
         self.buffers: dict[tuple[str, int], tuple[list, list, list, list]] = {
             (k, p): ([], [], [], []) for k in self.schemas for p in range(PARTITIONS)}
         self.next_offset = {(k, p): 0 for k in self.schemas for p in range(PARTITIONS)}
@@ -206,7 +205,7 @@ class _DrainWriter:
             raise RuntimeError(f"{schema.topic}[{p}]: {len(decoded.rejected)} events rejected: "
                                f"{decoded.reason_counts()}")
         started = time.perf_counter()
-        files = self.drains[kind]._write_rows(decoded, p, offsets[0], offsets[-1])
+        files = self.drains[kind].write_rows(decoded, p, offsets[0], offsets[-1])
         self.stats["write_s"] += time.perf_counter() - started
         self.stats["files"][kind] += len(files)
         self.stats["rows"][kind] += decoded.table.num_rows

@@ -200,7 +200,7 @@ def build_store(spec_path: str, rows: int, chunk_rows: int = 50_000) -> dict[str
     import orjson
     from flywheel.demo.generator import event_stream
     from flywheel.drain import limits_for
-    from flywheel.drain.runner import TopicDrain
+    from flywheel.drain.chunk import ChunkWriter
     from flywheel.events.decode import RawBatch, decode_batch
     from flywheel.events.schema import topic_schemas
     from flywheel.specs import load_spec
@@ -210,7 +210,7 @@ def build_store(spec_path: str, rows: int, chunk_rows: int = 50_000) -> dict[str
     store = settings.open_store()
     limits = limits_for(spec)
     schemas = {s.kind: s for s in topic_schemas(spec) if s.kind in ("features", "labels")}
-    drains = {k: TopicDrain(settings, s, store, limits, owner="bench-scorer-setup") for k, s in schemas.items()}
+    drains = {k: ChunkWriter(store, s, settings.parquet_compression) for k, s in schemas.items()}
     buffers = {(k, p): ([], [], [], []) for k in schemas for p in range(PARTITIONS)}
     next_offset = {(k, p): 0 for k in schemas for p in range(PARTITIONS)}
     written = {k: 0 for k in schemas}
@@ -224,7 +224,7 @@ def build_store(spec_path: str, rows: int, chunk_rows: int = 50_000) -> dict[str
                                max_event_bytes=limits.max_event_bytes)
         if decoded.rejected:
             raise RuntimeError(f"{schema.topic}[{p}]: {decoded.reason_counts()}")
-        drains[kind]._write_rows(decoded, p, offsets[0], offsets[-1])
+        drains[kind].write_rows(decoded, p, offsets[0], offsets[-1])
         written[kind] += decoded.table.num_rows
         for buffer in buffers[(kind, p)]:
             buffer.clear()

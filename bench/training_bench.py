@@ -8,7 +8,7 @@ Setup (not measured): ``--rows`` fraud events (``flywheel.demo.generator.event_s
 labels, into a private local store (.local/bench-training-store) exactly as the drain writes them:
 records are spread over 4 partitions by key (CRC32, as librdkafka's consistent partitioner), cut into
 chunks of ``--chunk-rows`` per partition, decoded by the drain's own ``decode_batch`` and written one
-Parquet file per event hour by ``TopicDrain._write_rows``; then, as the drain task does after each run,
+Parquet file per event hour by the drain's ``ChunkWriter``; then, as the drain task does after each run,
 the partitions' checkpoints are committed and ``drain.compact.compact_topic`` merges each settled hour
 into one file (here every hour is settled). No Kafka is involved in the setup.
 
@@ -132,9 +132,9 @@ def build_store(store_dir: str, rows: int, chunk_rows: int, rate_per_s: float = 
     import orjson
     from flywheel.demo.generator import event_stream
     from flywheel.drain import limits_for
+    from flywheel.drain.chunk import ChunkWriter
     from flywheel.drain.compact import compact_topic
     from flywheel.drain.ledger import PartitionLedger
-    from flywheel.drain.runner import TopicDrain
     from flywheel.events.decode import RawBatch, decode_batch
     from flywheel.events.schema import topic_schemas
 
@@ -143,8 +143,7 @@ def build_store(store_dir: str, rows: int, chunk_rows: int, rate_per_s: float = 
     store = settings.open_store()
     limits = limits_for(spec)
     schemas = {s.kind: s for s in topic_schemas(spec) if s.kind in ("features", "labels")}
-    drains = {kind: TopicDrain(settings, schema, store, limits, owner="bench-training-setup")
-              for kind, schema in schemas.items()}
+    drains = {kind: ChunkWriter(store, schema, settings.parquet_compression) for kind, schema in schemas.items()}
     buffers = {(kind, p): ([], [], [], []) for kind in schemas for p in range(PARTITIONS)}  # values, offsets, ts, keys
     next_offset = {(kind, p): 0 for kind in schemas for p in range(PARTITIONS)}
     stats: dict[str, Any] = {"generate_s": 0.0, "decode_s": 0.0, "write_s": 0.0, "files": {k: 0 for k in schemas},
@@ -163,7 +162,7 @@ def build_store(store_dir: str, rows: int, chunk_rows: int, rate_per_s: float = 
             raise RuntimeError(f"{schema.topic}[{p}]: {len(decoded.rejected)} events rejected: "
                                f"{decoded.reason_counts()}")
         started = time.perf_counter()
-        files = drains[kind]._write_rows(decoded, p, offsets[0], offsets[-1])
+        files = drains[kind].write_rows(decoded, p, offsets[0], offsets[-1])
         stats["write_s"] += time.perf_counter() - started
         stats["files"][kind] += len(files)
         stats["rows"][kind] += decoded.table.num_rows
@@ -223,10 +222,10 @@ def file_format() -> str:
     import hashlib
     import inspect
 
-    from flywheel.drain import runner
+    from flywheel.drain import chunk
     from flywheel.storage import parquet
 
-    writer = inspect.getsource(runner._dictionary_columns) + inspect.getsource(parquet.table_bytes) \
+    writer = inspect.getsource(chunk._dictionary_columns) + inspect.getsource(parquet.table_bytes) \
         + "compacted hourly"
     return f"{_settings(str(STORE_DIR)).parquet_compression}-{hashlib.sha256(writer.encode()).hexdigest()[:12]}"
 

@@ -145,7 +145,7 @@ def _merge(store: ObjectStore, topic: str, bucket: str, sources: list[str], *, c
         return None
     table = pa.concat_tables(tables, promote_options="default")
     table = table.take(pc.sort_indices(table, sort_keys=[("_partition", "ascending"), ("_offset", "ascending")]))
-    from flywheel.drain.runner import drained_file_bytes  # the drain's own encoding (Kafka client: lazy)
+    from flywheel.drain.chunk import drained_file_bytes  # the drain's own encoding
 
     data = drained_file_bytes(table, compression)
     # A compaction slower than its lease may have had its record dropped (and the hour taken over):

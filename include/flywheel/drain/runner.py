@@ -20,35 +20,24 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from confluent_kafka import Message
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from flywheel.drain import layout
 from flywheel.drain.buffer import PartitionBuffer
+from flywheel.drain.chunk import ChunkWriter
 from flywheel.drain.ledger import Claim, Manifest, PartitionLedger
 from flywheel.errors import BrokerUnavailable, ConfigError, FlywheelError
 from flywheel.events.dead_letter import dead_letter_topic, produce_dead_letters
-from flywheel.events.decode import DecodedBatch, RawBatch, decode_batch, from_numpy
+from flywheel.events.decode import RawBatch, decode_batch
 from flywheel.events.rejections import Rejected
 from flywheel.events.schema import TopicSchema
 from flywheel.kafka_config import client_config
 from flywheel.settings import Settings
 from flywheel.storage import ObjectStore
-from flywheel.storage.parquet import table_bytes
 
 log = logging.getLogger(__name__)
-
-REJECTED_SCHEMA = pa.schema([
-    ("_topic", pa.string()), ("_partition", pa.int32()), ("_offset", pa.int64()),
-    ("_timestamp", pa.timestamp("ms", tz="UTC")), ("_key", pa.binary()), ("value", pa.binary()),
-    ("reason", pa.string()), ("detail", pa.string()),
-])
-
 
 @dataclass(frozen=True)
 class DrainLimits:
@@ -103,36 +92,6 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _hour_of_rows(table: pa.Table, time_field: str | None) -> np.ndarray:
-    """Event hour (from the event-time field, else the Kafka timestamp) of every row."""
-    kafka_us = pc.cast(table.column("_timestamp"), pa.int64()).to_numpy() * 1000
-    if time_field:
-        event_us = pc.cast(table.column(time_field), pa.int64()).to_numpy(zero_copy_only=False)
-        if np.issubdtype(event_us.dtype, np.floating):  # nulls came back as NaN
-            event_us = np.where(np.isnan(event_us), kafka_us, event_us).astype(np.int64)
-        kafka_us = event_us
-    return kafka_us // 3_600_000_000
-
-
-#: Nearly unique per row: a Parquet dictionary for them would be built only to be abandoned.
-_NO_DICTIONARY = frozenset({"_offset", "_timestamp", "_key", "_extra"})
-
-
-def _dictionary_columns(schema: pa.Schema) -> list[str]:
-    """Columns worth dictionary encoding: strings, ints and bools (categories, counts, flags, the topic).
-
-    Floats, timestamps, offsets, keys and extras are nearly unique; trying a dictionary on them cost
-    about a quarter of the Parquet writing time, for files only ~4% smaller.
-    """
-    return [f.name for f in schema if f.name not in _NO_DICTIONARY
-            and not (pa.types.is_floating(f.type) or pa.types.is_timestamp(f.type))]
-
-
-def drained_file_bytes(table: pa.Table, compression: str) -> bytes:
-    """A table of drained rows as the drain stores it (also what compaction writes)."""
-    return table_bytes(table, compression=compression, use_dictionary=_dictionary_columns(table.schema))
-
-
 def _close_bounded(consumer: Consumer, timeout_s: float, topic: str) -> None:
     """Close the consumer, but never wait on a broker that is gone for longer than ``timeout_s``.
 
@@ -163,6 +122,7 @@ class TopicDrain:
         self.owner = owner or default_owner()
         self.consumer_overrides = consumer_overrides or {}
         self.topic = schema.topic
+        self.writer = ChunkWriter(store, schema, settings.parquet_compression)
         self.group_id = f"{settings.group_prefix}-drain"
 
     # -- Kafka --------------------------------------------------------------------------------------
@@ -195,40 +155,6 @@ class TopicDrain:
         return sorted(topic.partitions)
 
     # -- writing ------------------------------------------------------------------------------------
-
-    def _write_rows(self, decoded: DecodedBatch, partition: int, start: int, end: int) -> list[dict[str, Any]]:
-        table = decoded.table
-        if table.num_rows == 0:
-            return []
-        hours = _hour_of_rows(table, self.schema.time_field)
-        files = []
-        distinct = np.unique(hours)
-        for hour in distinct:
-            part = table if len(distinct) == 1 else table.filter(from_numpy(hours == hour, pa.bool_()))
-            key = layout.data_key(self.topic, layout.hour_bucket(int(hour)), partition, start, end)
-            self.store.put(key, drained_file_bytes(part, self.settings.parquet_compression))
-            offsets = part.column("_offset")
-            files.append({"key": key, "rows": part.num_rows, "min_offset": pc.min(offsets).as_py(),
-                          "max_offset": pc.max(offsets).as_py()})
-        return files
-
-    def _write_rejected(self, rejected: list[Rejected], partition: int, start: int, end: int) -> list[str]:
-        if not rejected:
-            return []
-        table = pa.table({
-            "_topic": [self.topic] * len(rejected),
-            "_partition": pa.array([partition] * len(rejected), pa.int32()),
-            "_offset": [r.offset for r in rejected],
-            "_timestamp": pa.array([r.timestamp_ms for r in rejected], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-            "_key": pa.array([r.key for r in rejected], pa.binary()),
-            "value": pa.array([r.value for r in rejected], pa.binary()),
-            "reason": [r.reason for r in rejected],
-            "detail": [r.detail for r in rejected],
-        }, schema=REJECTED_SCHEMA)
-        bucket = layout.hour_bucket(rejected[0].timestamp_ms // 3_600_000)
-        key = layout.rejected_key(self.topic, bucket, partition, start, end)
-        self.store.put(key, drained_file_bytes(table, self.settings.parquet_compression))
-        return [key]
 
     def _dead_letter(self, producer: Producer | None, rejected: list[Rejected], partition: int) -> None:
         """Copy rejected records to ``<topic>.dlq`` (at least once; the store's copy is exactly once)."""
@@ -491,8 +417,8 @@ class TopicDrain:
                      expired: list[int] | None, size: int) -> _ChunkDone:
         partition = batch.partition
         decoded = decode_batch(self.schema, batch, max_event_bytes=self.limits.max_event_bytes)
-        files = self._write_rows(decoded, partition, start, last)
-        rejected_files = self._write_rejected(decoded.rejected, partition, start, last)
+        files = self.writer.write_rows(decoded, partition, start, last)
+        rejected_files = self.writer.write_rejected(decoded.rejected, partition, start, last)
         self._dead_letter(producer, decoded.rejected, partition)
         reasons = decoded.reason_counts()
         manifest = Manifest(

@@ -163,7 +163,7 @@ def assert_exactly_once(env: Any, topic: str, expected_ids: list[str]) -> None:
 #: then the CLI's own arguments). ``mid_files`` dies after the first file of the Nth chunk is written.
 _CRASHING_DRAIN = r"""
 import os, sys, threading
-from flywheel.drain import ledger, runner
+from flywheel.drain import chunk, ledger, runner
 
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = {"n": 0, "armed": {}, "files": 0}  # armed: per worker thread, as each writes its own chunk
@@ -184,7 +184,7 @@ elif point == "before_checkpoint":
 elif point == "before_group_commit":
     die_on_nth(runner.TopicDrain, "_commit_group_offset")
 elif point == "mid_files":
-    write_rows, parquet_bytes = runner.TopicDrain._write_rows, runner.drained_file_bytes
+    write_rows, parquet_bytes = chunk.ChunkWriter.write_rows, chunk.drained_file_bytes
     def counting_write_rows(self, *args, **kwargs):
         calls["n"] += 1
         calls["armed"][threading.get_ident()] = calls["n"] == nth
@@ -195,8 +195,8 @@ elif point == "mid_files":
             if calls["files"] == 2:
                 os._exit(137)
         return parquet_bytes(table, *args)
-    runner.TopicDrain._write_rows = counting_write_rows
-    runner.drained_file_bytes = dying_parquet_bytes
+    chunk.ChunkWriter.write_rows = counting_write_rows
+    chunk.drained_file_bytes = dying_parquet_bytes
 else:
     raise SystemExit(f"unknown crash point {point}")
 
