@@ -42,7 +42,9 @@ def column_to_float(column: pa.ChunkedArray | pa.Array, entry: dict[str, Any]) -
         return np.array([index.get(v, np.nan) if v is not None else np.nan for v in column.to_pylist()], dtype=np.float64)
     if pa.types.is_boolean(column.type):
         column = pc.cast(column, pa.float64())
-    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    # Unsafe: an int64 beyond +-2**53 becomes the nearest float (what LightGBM would see anyway), where a
+    # safe cast would raise on a valid event.
+    return np.asarray(pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def to_matrix(table: pa.Table, schema: list[dict[str, Any]]) -> np.ndarray:

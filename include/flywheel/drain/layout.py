@@ -23,7 +23,7 @@ def _range(topic: str, partition: int, start: int, end: int) -> str:
 def hour_bucket(epoch_hour: int) -> str:
     """``date=YYYY-MM-DD/hour=HH`` for an hour counted from the epoch (event time, UTC)."""
     t = datetime.fromtimestamp(epoch_hour * 3600, tz=UTC)
-    return f"date={t:%Y-%m-%d}/hour={t:%H}"
+    return f"date={t.year:04d}-{t.month:02d}-{t.day:02d}/hour={t.hour:02d}"  # %Y gives "999", not "0999"
 
 
 def data_key(topic: str, bucket: str, partition: int, start: int, end: int) -> str:

@@ -24,7 +24,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -40,11 +40,18 @@ from flywheel.events.schema import EVENT_TIME_TYPE, TopicSchema
 MAX_DEPTH = 128
 #: Records parsed by Arrow at once: one bad record sends at most this many to the per-record path.
 BLOCK_RECORDS = 16_384
+#: Arrow's JSON reader recurses once per level of nesting and overflows the stack (the process dies) some
+#: thousands of levels deep: a value with more opening brackets than this is never handed to Arrow.
+_ARROW_MAX_OPENERS = 1024
 _READ_OPTIONS = pj.ReadOptions(block_size=1 << 20, use_threads=True)
 _NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 #: What every ISO-8601 time starts with; other values skip the bulk cast (a prefilter, not the rule).
 _ISO_DATE = r"^\d{4}-\d{2}-\d{2}"
+#: Times the store can file (years 1-9999 UTC), in microseconds since the epoch.
+_MIN_TIME_US = (datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+_MAX_TIME_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) \
+    // timedelta(microseconds=1)
 Headers = Sequence[tuple[str, bytes | None]]
 
 
@@ -275,11 +282,19 @@ class _Decoder:
         self.ascii = joined.isascii()
         starts = np.cumsum(np.maximum(lengths, 0) + 1) - (np.maximum(lengths, 0) + 1)
         data = np.frombuffer(joined, np.uint8)
-        # Arrow may only see non-empty, not oversized values that start with "{" (one row each, at least).
+        # Arrow may only see non-empty, not oversized values that start with "{" (one row each, at least)
+        # and end with "}" (so no value leaves a document open for the next one to continue: a document
+        # lies within one value, and nests no deeper than that value has opening brackets).
         first = np.zeros(n, np.uint8)
+        last = np.zeros(n, np.uint8)
         nonempty = lengths > 0
         first[nonempty] = data[starts[nonempty]]
-        bulk_ok = nonempty & (lengths <= self.max_event_bytes) & (first == ord("{"))
+        last[nonempty] = data[starts[nonempty] + lengths[nonempty] - 1]
+        bulk_ok = nonempty & (lengths <= self.max_event_bytes) & (first == ord("{")) & (last == ord("}"))
+        for i in np.flatnonzero(bulk_ok & (lengths > _ARROW_MAX_OPENERS)).tolist():
+            s, e = int(starts[i]), int(starts[i] + lengths[i])
+            if joined.count(b"{", s, e) + joined.count(b"[", s, e) > _ARROW_MAX_OPENERS:
+                bulk_ok[i] = False
         out = []
         if not bulk_ok.all():
             out += self.judge_all(np.flatnonzero(~bulk_ok))
@@ -463,6 +478,23 @@ class _Decoder:
             self.reject(int(idx[position]), "bad_timestamp",
                         f"{self.schema.time_field}={text[:200]!r} is not ISO-8601")
 
+    def check_time_range(self, idx: np.ndarray, times: pa.Array | None, keep: np.ndarray) -> np.ndarray:
+        """Rows whose time (the event time, else the Kafka timestamp) lies in years 1-9999 UTC: the store
+        files rows by that hour, and no date outside those years can be named. Only rows still kept are
+        judged, so a record keeps the first reason it was given."""
+        stamps_us = np.asarray(self.batch.timestamps_ms, dtype=np.int64)[idx]
+        stamps_us = np.clip(stamps_us, _MIN_TIME_US // 1000 - 1, _MAX_TIME_US // 1000 + 1) * 1000
+        has_time = np.zeros(len(idx), dtype=bool)
+        if times is not None:
+            event_us = pc.cast(times, pa.int64())
+            has_time = event_us.is_valid().to_numpy(zero_copy_only=False)
+            stamps_us = np.where(has_time, event_us.fill_null(0).to_numpy(zero_copy_only=False), stamps_us)
+        bad = keep & ((stamps_us < _MIN_TIME_US) | (stamps_us > _MAX_TIME_US))
+        for row in np.flatnonzero(bad).tolist():
+            source = f"event time ({self.schema.time_field})" if has_time[row] else "Kafka timestamp"
+            self.reject(int(idx[row]), "bad_timestamp", f"the {source} is outside the years 1-9999 (UTC)")
+        return ~bad
+
     # -- the result ---------------------------------------------------------------------------------
 
     def run(self) -> DecodedBatch:
@@ -480,6 +512,7 @@ class _Decoder:
         if self.schema.time_field:
             times, ok = self.event_times(idx, table.column(self.schema.time_field))
             keep &= ok
+        keep &= self.check_time_range(idx, times, keep)
         if not keep.all():
             mask = from_numpy(keep, pa.bool_())
             idx, table = idx[keep], table.filter(mask)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from flywheel.errors import BrokerUnavailable, FlywheelError
+from flywheel.errors import BrokerUnavailable
 from flywheel.events.dead_letter import produce_dead_letters
 from flywheel.events.decode import RawBatch
 from flywheel.events.schema import topic_schemas
@@ -238,8 +238,9 @@ class Scorer:
                 log.info("partition %d not rewound (%s)", partition, exc)
 
     def _score(self, partition: int, batch: list[Message]) -> ScoredBatch:
-        """The pure core over one partition's messages; a batch in which every record failed on its own
-        is a failure of the scorer (e.g. its model), not of the records: it is retried, not dead-lettered."""
+        """The pure core over one partition's messages. A record that made it raise is dead-lettered like
+        any rejected one, even when every record of the batch did: retrying input that fails alone would
+        stall the partition for good (a model that fails on everything is refused before it serves)."""
         model = self.model
         assert model is not None
         headers = cast("list[Headers | None]", [m.headers() for m in batch])
@@ -248,8 +249,6 @@ class Scorer:
                        [m.key() for m in batch], headers=headers if any(headers) else None)
         scored = score_batch(self.spec, self.schema, raw, model)
         if scored.internal_errors:
-            if scored.internal_errors == len(batch) > 1:
-                raise ScoringFailed(f"every record of a batch of {len(batch)} failed: {scored.rejected[0].detail}")
             self.metrics.internal_errors += scored.internal_errors
             self._alert("internal_error", f"{scored.internal_errors} record(s) of partition {partition} made scoring raise; "
                         f"dead-lettered as internal_error: {scored.rejected[0].detail}")
@@ -335,10 +334,6 @@ def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | N
             return
         except BufferError:
             producer.poll(0.05)
-
-
-class ScoringFailed(FlywheelError):
-    """The scorer itself failed on a whole batch (not one record): retried, never dead-lettered."""
 
 
 def _fatal(exc: BaseException) -> bool:

@@ -320,3 +320,27 @@ def test_offsets_and_timestamps_may_come_as_int64_arrays():
     assert out.table.column("_offset").to_pylist() == [5, 9]  # a leading blank is fine, off the bulk fast path
     assert [(r.offset, r.timestamp_ms, r.reason) for r in out.rejected] == [(6, T0 + 6, "not_object")]
     assert type(out.rejected[0].offset) is int and type(out.rejected[0].timestamp_ms) is int
+
+
+@pytest.mark.parametrize("event_time", ["0000-06-01T00:00:00Z", "9999-12-31T23:30:00-01:00", "+10000-01-01T00:00:00Z"])
+def test_event_times_outside_years_1_to_9999_are_bad_timestamps(event_time):
+    out = decode([raw(event(0)), raw(event(1, event_time=event_time))])
+    assert [(r.offset, r.reason) for r in out.rejected] == [(101, "bad_timestamp")]
+
+
+def test_a_kafka_timestamp_beyond_year_9999_is_a_bad_timestamp_without_an_event_time():
+    schema = TopicSchema("t", "features", "m", {"id": pa.string()}, frozenset({"id"}), None)
+    far = 400_000 * 365 * 86_400_000
+    out = decode_batch(schema, RawBatch("t", 0, [b'{"id":"a"}', b'{"id":"b"}', b'{}'], [0, 1, 2], [T0, far, far],
+                                        [None] * 3))
+    assert out.table.column("id").to_pylist() == ["a"]
+    assert [(r.offset, r.reason) for r in out.rejected] == [(1, "bad_timestamp"), (2, "missing_field")]
+
+
+def test_a_year_before_1000_is_filed_under_a_four_digit_year():
+    from flywheel.drain import layout
+
+    out = decode([raw(event(0, event_time="0999-12-31T23:00:00Z"))])
+    assert out.rejected == []
+    hour = out.table.column("event_time").cast(pa.int64())[0].as_py() // 3_600_000_000
+    assert layout.hour_bucket(hour) == "date=0999-12-31/hour=23"

@@ -65,4 +65,4 @@ def test_a_record_that_makes_scoring_raise_is_isolated_as_an_internal_error():
 
 def test_a_model_failing_on_everything_fails_every_record_alone():
     out = score_batch(SPEC, SCHEMA, batch(events(6)), model(lambda X: np.zeros(len(X) + 1)))
-    assert out.values == [] and out.internal_errors == 6  # the shell retries such a batch instead
+    assert out.values == [] and out.internal_errors == 6  # dead-lettered: retrying them would stall the partition
