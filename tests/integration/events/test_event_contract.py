@@ -49,19 +49,16 @@ from flywheel.kafka_config import client_config, ensure_topics, produce_waiting
 from flywheel.scoring import core
 from flywheel.scoring.metrics import ScorerMetrics
 from flywheel.scoring.service import Scorer, ScorerOptions
-from flywheel.settings import Settings
 from flywheel.specs import load_spec
 from flywheel.storage import open_store
 
-from tests.fixtures.kafka_broker import Broker
 from tests.fixtures.s3_server import TEST_CREDENTIALS, new_bucket
 from tests.fixtures.stores import FlywheelEnv, write_spec
+from tests.integration.conftest import ChampionTemplate
 from tests.integration.scoring.conftest import (
     LIVE_START,
     committed_offsets,
     end_offsets,
-    produce_training_data,
-    promote_new_version,
     read_topic,
     wait_for_topics,
     wait_until,
@@ -89,48 +86,22 @@ Where = tuple[int, int]  # (partition, offset)
 Headers = list[tuple[str, bytes | None]]
 
 
-# -- environments: a champion once per module, a fresh copy of it per test ------------------------------
-
-
-@dataclass(frozen=True)
-class Champion:
-    name: str
-    store_dir: Path
-    settings: Settings
-
-
-@pytest.fixture(scope="module")
-def champion(kafka_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Champion:
-    """A model store whose champion v1 was trained the way the loop trains it (see scoring/conftest.py)."""
-    root = tmp_path_factory.mktemp("contract-champion")
-    name = f"t{uuid.uuid4().hex[:10]}"
-    specs_dir = root / "specs"
-    write_spec(specs_dir, name)
-    store_dir = root / "store"
-    settings = Settings.from_env({"FLYWHEEL_HOME": str(root)}).with_overrides(
-        kafka_bootstrap=kafka_broker.bootstrap, store_url=store_dir.as_uri(), specs_dir=specs_dir,
-        group_prefix=f"fw-{name}", model_events_topic=f"{name}.model-events", broker_timeout_s=15.0)
-    spec = load_spec(specs_dir / f"{name}.yaml")
-    ensure_topics(settings, spec.drained_topics, partitions=PARTITIONS)
-    env = FlywheelEnv(settings, spec, settings.open_store())
-    produce_training_data(env)
-    assert promote_new_version(env) == 1
-    return Champion(name, store_dir, settings)
+# -- environments: the session's champion (tests/integration/conftest.py), a fresh copy of it per test ------------------------------
 
 
 @pytest.fixture
-def contract_env(champion: Champion, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., FlywheelEnv]:
+def contract_env(champion_template: ChampionTemplate, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., FlywheelEnv]:
     """``contract_env(backend="local"|"s3", **spec_changes)``: the champion's model in a fresh store of
     that backend, and a spec of the same model name on fresh topics (features, labels, predictions,
     dead letters, model events, metrics) with its own consumer-group prefix."""
 
     def build(backend: str = "local", **changes: object) -> FlywheelEnv:
         tag = uuid.uuid4().hex[:8]
-        base = f"{champion.name}-{tag}"
+        base = f"{champion_template.name}-{tag}"
         home = tmp_path / f"env-{tag}"
         specs_dir = home / "specs"
         topics = {kind: f"{base}.{kind}" for kind in ("features", "labels", "predictions")}
-        write_spec(specs_dir, champion.name, topics=topics, **changes)
+        write_spec(specs_dir, champion_template.name, topics=topics, **changes)
         overrides: dict[str, Any] = {}
         if backend == "s3":
             endpoint = request.getfixturevalue("s3_endpoint")
@@ -141,17 +112,17 @@ def contract_env(champion: Champion, tmp_path: Path, request: pytest.FixtureRequ
         else:
             assert backend == "local", backend
             store_url = (home / "store").as_uri()
-        settings = champion.settings.with_overrides(
+        settings = champion_template.settings.with_overrides(
             home=home, store_url=store_url, specs_dir=specs_dir, group_prefix=f"fw-{base}",
             model_events_topic=f"{base}.model-events", metrics_topic=f"{base}.metrics", **overrides)
         store = settings.open_store()
         if backend == "local":
-            shutil.copytree(champion.store_dir / "models", home / "store" / "models")
+            shutil.copytree(champion_template.store_dir / "models", home / "store" / "models")
         else:
-            template = open_store(champion.store_dir.as_uri())
+            template = open_store(champion_template.store_dir.as_uri())
             for info in template.list("models/"):
                 store.put(info.key, template.get(info.key))
-        spec = load_spec(specs_dir / f"{champion.name}.yaml")
+        spec = load_spec(specs_dir / f"{champion_template.name}.yaml")
         dlq = dead_letter_topic(spec.topics.features)
         ensure_topics(settings, [*spec.drained_topics, dlq], partitions=PARTITIONS)
         ensure_topics(settings, [settings.model_events_topic], partitions=1, compacted=[settings.model_events_topic])

@@ -25,10 +25,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -43,8 +42,10 @@ from flywheel.settings import Settings
 from flywheel.specs import load_spec
 from flywheel.training import pipeline
 
-from tests.fixtures.kafka_broker import Broker
 from tests.fixtures.stores import EnvFactory, FlywheelEnv, write_spec
+
+if TYPE_CHECKING:  # defined in tests/integration/conftest.py, which imports this module
+    from tests.integration.conftest import ChampionTemplate
 
 START = datetime(2026, 11, 20, tzinfo=UTC)
 TRAINING_AS_OF = START + timedelta(hours=2)
@@ -97,34 +98,6 @@ def champion_env(make_env: EnvFactory) -> Callable[..., FlywheelEnv]:
         return env
 
     return build
-
-
-@dataclass(frozen=True)
-class ChampionTemplate:
-    """A model store holding champion v1 and an unpromoted candidate v2 (same data, same model)."""
-
-    name: str
-    store_dir: Path
-    settings: Settings
-
-
-@pytest.fixture(scope="session")
-def champion_template(kafka_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> ChampionTemplate:
-    root = tmp_path_factory.mktemp("scoring-template")
-    name = f"t{uuid.uuid4().hex[:10]}"
-    specs_dir = root / "specs"
-    write_spec(specs_dir, name)
-    store_dir = root / "store"
-    settings = Settings.from_env({"FLYWHEEL_HOME": str(root)}).with_overrides(
-        kafka_bootstrap=kafka_broker.bootstrap, store_url=store_dir.as_uri(), specs_dir=specs_dir,
-        group_prefix=f"fw-{name}", model_events_topic=f"{name}.model-events", broker_timeout_s=15.0)
-    spec = load_spec(specs_dir / f"{name}.yaml")
-    ensure_topics(settings, spec.drained_topics, partitions=4)
-    env = FlywheelEnv(settings, spec, settings.open_store())
-    produce_training_data(env)
-    assert promote_new_version(env) == 1
-    assert pipeline.train_challenger(settings, spec, as_of=TRAINING_AS_OF)["version"] == 2
-    return ChampionTemplate(name, store_dir, settings)
 
 
 ScoringEnvFactory = Callable[..., FlywheelEnv]
