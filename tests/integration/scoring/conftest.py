@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from flywheel.demo.generator import event_stream
 from flywheel.drain import drain_topic
 from flywheel.kafka_config import client_config, ensure_topics
@@ -318,8 +318,15 @@ def committed_offsets(settings: Settings, group_id: str, topic: str) -> dict[int
                          "enable.auto.commit": False})
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        return {tp.partition: tp.offset for tp in committed}
+        for attempt in range(3):  # the coordinator may be busy a moment after a member was killed
+            try:
+                committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+                return {tp.partition: tp.offset for tp in committed}
+            except KafkaException:
+                if attempt == 2:
+                    raise
+                time.sleep(1)
+        raise AssertionError("unreachable")
     finally:
         consumer.close()
 
