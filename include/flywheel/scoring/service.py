@@ -14,8 +14,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -67,10 +65,6 @@ class Scorer:
         self._delivery_errors: list[str] = []
         #: The messages the broker refused since the batch in hand started: produced again, alone.
         self._undelivered: list[tuple[str, bytes | None, bytes | None, Headers]] = []
-        #: At least once: the consumed batch being scored on the scoring thread, delivered after the next one
-        #: is consumed (so scoring one batch overlaps producing the previous).
-        self._pending: _InFlight | None = None
-        self._scoring = ThreadPoolExecutor(max_workers=1)
         #: Latest committed position per partition, committed once more synchronously at shutdown.
         self._last_offsets: dict[tuple[str, int], TopicPartition] = {}
         self.stopping = threading.Event()
@@ -152,8 +146,6 @@ class Scorer:
                            on_assign=lambda c, ps: log.info("assigned %s", [p.partition for p in ps]),
                            on_revoke=lambda c, ps: self._revoked(ps))
         next_metrics = time.monotonic() + self.options.metrics_interval_s
-        self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scorer-{self.spec.name}")
-        self._pending = None
         try:
             while not self.stopping.is_set():
                 if max_events is not None and self.metrics.consumed >= max_events:
@@ -164,7 +156,7 @@ class Scorer:
                 if ready is not None:
                     self._swap(ready)
                 messages = consumer.consume(self.batch_size, self.batch_timeout_s)
-                if messages or self._pending is not None:
+                if messages:
                     self._process(consumer, producer, messages)
                 if time.monotonic() >= next_metrics:
                     self.metrics.refused = len(self.watcher.refused)
@@ -172,9 +164,7 @@ class Scorer:
                     self.metrics.publish(side, self.settings.metrics_topic)
                     side.poll(0)
                     next_metrics = time.monotonic() + self.options.metrics_interval_s
-            self.finish(consumer, producer)  # the batch in hand is scored; deliver it before leaving
         finally:
-            self._scoring.shutdown(wait=True, cancel_futures=True)
             self.watcher.stop()
             side.flush(5)
             if self._last_offsets and not self.options.exactly_once:
@@ -200,62 +190,9 @@ class Scorer:
     # -- one batch ----------------------------------------------------------------------------------
 
     def _process(self, consumer: Consumer, producer: Producer, messages: list[Message]) -> None:
-        """One consumed batch. At least once, batches are pipelined: this batch is scored on the scoring
-        thread (decoding and LightGBM's predict release the GIL) while the previous one is produced and
-        committed here; commits stay in batch order. Exactly once, each batch is one transaction, in turn."""
-        by_partition = self._by_partition(messages) if messages else {}
-        if self.options.exactly_once:
-            if by_partition:
-                self._handled(consumer, by_partition, lambda: self._deliver(
-                    consumer, producer, by_partition, self._score_all(by_partition, self.model), time.perf_counter()))
-            return
-        incoming = None
-        if by_partition:
-            incoming = _InFlight(by_partition, self._scoring.submit(self._score_all, by_partition, self.model),
-                                 time.perf_counter())
-        pending, self._pending = self._pending, incoming
-        if pending is None:
-            return
-
-        def deliver() -> None:
-            self._deliver(consumer, producer, pending.by_partition, pending.scored.result(), pending.started)
-
-        if not self._handled(consumer, pending.by_partition, deliver) and incoming is not None:
-            # The batch behind it was consumed already: drop it too; the rewind covers its partitions.
-            self._pending = None
-            try:
-                incoming.scored.result()
-            except Exception:  # its records are consumed again and scored anew
-                pass
-            self._rewind(consumer, incoming.by_partition, only_new=pending.by_partition)
-
-    def finish(self, consumer: Consumer, producer: Producer) -> None:
-        """Deliver the batch in hand (pipelined mode), as a stop does before leaving the group."""
-        self._process(consumer, producer, [])
-
-    def _handled(self, consumer: Consumer, by_partition: dict[int, list[Message]], deliver: Callable[[], None]) -> bool:
-        """Run ``deliver``; on failure give the batch back to Kafka (rewind) and back off. False if it failed."""
-        try:
-            deliver()
-            self._failures = 0
-            return True
-        except Exception as exc:
-            if _fatal(exc):  # e.g. fenced by a newer member with the same transactional.id: a zombie
-                raise BrokerUnavailable(f"scorer producer failed for good, stopping: {exc}") from exc
-            # Rewind and let the loop consume the batch again, so no event is skipped. Only what was never
-            # acknowledged is produced again (exactly-once: the transaction was aborted, nothing is visible).
-            self._failures += 1
-            count = sum(map(len, by_partition.values()))
-            log.warning("batch of %d failed (%s); rewinding, retry %d", count, exc, self._failures)
-            if self._failures in (3, 20) or self._failures % 100 == 0:
-                self._alert("scorer_failing", f"scoring keeps failing ({self._failures} retries of one batch): {exc}")
-            self._rewind(consumer, by_partition)
-            self.stopping.wait(min(0.5 * 2 ** self._failures, 10))
-            return False
-
-    def _by_partition(self, messages: list[Message]) -> dict[int, list[Message]]:
         from confluent_kafka import KafkaError
 
+        started = time.perf_counter()
         by_partition: dict[int, list[Message]] = {}
         for m in messages:
             err = m.error()
@@ -266,7 +203,23 @@ class Scorer:
                     log.warning("scorer consumer error (retrying): %s", err.str())
                 continue
             by_partition.setdefault(cast(int, m.partition()), []).append(m)
-        return by_partition
+        if not by_partition:
+            return
+        try:
+            self._score_and_deliver(consumer, producer, by_partition, started)
+            self._failures = 0
+        except Exception as exc:
+            if _fatal(exc):  # e.g. fenced by a newer member with the same transactional.id: a zombie
+                raise BrokerUnavailable(f"scorer producer failed for good, stopping: {exc}") from exc
+            # Give the batch back to Kafka: rewind and let the loop consume it again, so no event is
+            # skipped. Only what was never acknowledged is produced again (exactly-once: the transaction
+            # was aborted, so nothing of it is visible).
+            self._failures += 1
+            log.warning("batch of %d failed (%s); rewinding, retry %d", len(messages), exc, self._failures)
+            if self._failures in (3, 20) or self._failures % 100 == 0:
+                self._alert("scorer_failing", f"scoring keeps failing ({self._failures} retries of one batch): {exc}")
+            self._rewind(consumer, by_partition)
+            self.stopping.wait(min(0.5 * 2 ** self._failures, 10))
 
     def _alert(self, kind: str, message: str) -> None:
         """Alerts from the scoring loop go out on a thread of their own: delivery may take seconds."""
@@ -275,51 +228,43 @@ class Scorer:
         threading.Thread(target=alert, args=(kind, self.spec.name, message), daemon=True,
                          name="scorer-alert").start()
 
-    def _rewind(self, consumer: Consumer, by_partition: dict[int, list[Message]],
-                only_new: dict[int, list[Message]] | None = None) -> None:
-        """Seek each partition back to the batch's first offset (with ``only_new``: only partitions not in
-        that batch, which was rewound already and starts earlier)."""
+    def _rewind(self, consumer: Consumer, by_partition: dict[int, list[Message]]) -> None:
         from confluent_kafka import TopicPartition
 
         for partition, batch in by_partition.items():
-            if only_new is not None and partition in only_new:
-                continue
             try:
                 consumer.seek(TopicPartition(self.spec.topics.features, partition, cast(int, batch[0].offset())))
             except Exception as exc:  # revoked meanwhile: its new owner resumes from the committed offset
                 log.info("partition %d not rewound (%s)", partition, exc)
 
-    def _score_all(self, by_partition: dict[int, list[Message]], model: ServingModel | None) -> dict[int, ScoredBatch]:
-        """The pure core over each partition's messages (on the scoring thread when pipelined)."""
+    def _score(self, partition: int, batch: list[Message]) -> ScoredBatch:
+        """The pure core over one partition's messages. A record that made it raise is dead-lettered like
+        any rejected one, even when every record of the batch did: retrying input that fails alone would
+        stall the partition for good (a model that fails on everything is refused before it serves)."""
+        model = self.model
         assert model is not None
-        out = {}
-        for partition, batch in by_partition.items():
-            headers = cast("list[Headers | None]", [m.headers() for m in batch])
-            raw = RawBatch(self.spec.topics.features, partition, [m.value() for m in batch],
-                           cast("list[int]", [m.offset() for m in batch]), [m.timestamp()[1] for m in batch],
-                           [m.key() for m in batch], headers=headers if any(headers) else None)
-            out[partition] = score_batch(self.spec, self.schema, raw, model)
-        return out
+        headers = cast("list[Headers | None]", [m.headers() for m in batch])
+        raw = RawBatch(self.spec.topics.features, partition, [m.value() for m in batch],
+                       cast("list[int]", [m.offset() for m in batch]), [m.timestamp()[1] for m in batch],
+                       [m.key() for m in batch], headers=headers if any(headers) else None)
+        scored = score_batch(self.spec, self.schema, raw, model)
+        if scored.internal_errors:
+            self.metrics.internal_errors += scored.internal_errors
+            self._alert("internal_error", f"{scored.internal_errors} record(s) of partition {partition} made scoring raise; "
+                        f"dead-lettered as internal_error: {scored.rejected[0].detail}")
+        return scored
 
-    def _deliver(self, consumer: Consumer, producer: Producer, by_partition: dict[int, list[Message]],
-                 results: dict[int, ScoredBatch], started: float) -> None:
-        """Produce the predictions and dead letters of a scored batch, then commit its offsets. A record
-        that made scoring raise is dead-lettered like any rejected one, even when every record of the batch
-        did: retrying input that fails alone would stall the partition for good (a model that fails on
-        everything is refused before it serves)."""
+    def _score_and_deliver(self, consumer: Consumer, producer: Producer, by_partition: dict[int, list[Message]],
+                           started: float) -> None:
         from confluent_kafka import TopicPartition
 
         topic = self.spec.topics.features
-        self._delivery_errors.clear()
+        errors = self._delivery_errors
+        errors.clear()
         self._undelivered.clear()
         eos = self.options.exactly_once
+        results = {p: self._score(p, batch) for p, batch in by_partition.items()}
         consumed = sum(map(len, by_partition.values()))
-        internal = sum(r.internal_errors for r in results.values())
-        if internal:
-            self.metrics.internal_errors += internal
-            detail = next(r.detail for s in results.values() for r in s.rejected if r.reason == "internal_error")
-            self._alert("internal_error", f"{internal} record(s) made scoring raise; dead-lettered as "
-                                          f"internal_error: {detail}")
         if eos:
             producer.begin_transaction()
         try:
@@ -335,12 +280,8 @@ class Scorer:
                 self._flush_until_acknowledged(producer)
                 # Every prediction of the batch is acknowledged: committing asynchronously keeps
                 # at-least-once (a lost commit only means a batch is scored again) without a round trip.
-                # Partitions revoked while the batch was in flight are their new owner's to commit.
-                owned = {tp.partition for tp in consumer.assignment()}
-                offsets = [o for o in offsets if o.partition in owned]
-                if offsets:
-                    consumer.commit(offsets=offsets, asynchronous=True)
-                    self._last_offsets.update({(o.topic, o.partition): o for o in offsets})
+                consumer.commit(offsets=offsets, asynchronous=True)
+                self._last_offsets.update({(o.topic, o.partition): o for o in offsets})
         except Exception:
             if eos:
                 try:
@@ -384,13 +325,6 @@ class Scorer:
                 produce(topic, payload, key)
             except BufferError:  # the local queue is full: let librdkafka send, then go on
                 _produce(producer, topic, payload, key, None)
-
-
-@dataclass
-class _InFlight:
-    by_partition: dict[int, list[Message]]
-    scored: Future[dict[int, ScoredBatch]]
-    started: float
 
 
 def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None) -> None:
