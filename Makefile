@@ -12,7 +12,7 @@ KAFKA_PORT ?= 9092
 export KAFKA_PORT
 export FLYWHEEL_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: help setup demo test test-unit test-integration lint bench kafka-up kafka-down kafka-status \
+.PHONY: help setup demo test test-unit test-integration lint bench fuzz kafka-up kafka-down kafka-status \
         airflow-up airflow-down down clean requirements score
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make test        set up and run every test (starts and stops its own broker and S3 endpoint)"
 	@echo "make down        stop Airflow and Kafka started by make demo"
 	@echo "make score MODEL=fraud   run one streaming scorer (a consumer-group member)"
+	@echo "make fuzz        fuzz the event decoder: bulk path vs per-record reference (FUZZ_ARGS=\"--records N --seed S\")"
 	@echo "make kafka-up / kafka-down, airflow-up / airflow-down, bench, lint, requirements"
 
 # --- setup -------------------------------------------------------------------------------------------
@@ -91,6 +92,10 @@ score: setup  ## one scorer process for MODEL (default fraud); add SCORE_ARGS="-
 
 bench: setup
 	$(BIN)/python -m bench.run_all
+
+FUZZ_ARGS ?= --records 2000000
+fuzz: setup
+	$(BIN)/python -m bench.fuzz_decoder $(FUZZ_ARGS)
 
 clean: down
 	rm -rf .local logs airflow.db

@@ -16,13 +16,16 @@ Each batch goes through ``decode_batch`` and ``decode_reference``, and must pass
 ``internal_error``, every offset exactly once (a row or a rejection), reasons from ``REASONS``, both paths
 agree (``table.equals`` and the (offset, reason) list), each rejection carries its record unchanged, valid
 events come out as rows holding their values, and records whose reason is certain (a NaN literal, a BOM,
-nesting deeper than MAX_DEPTH, ...) get it. A -0.0 that one path gives and the other 0.0 is counted apart
+nesting deeper than MAX_DEPTH, ...) get it. Up to 40 mutated records of each batch are also decoded alone
+by ``decode_batch`` (a bad record in a batch sends its whole block to the per-record path, so alone is
+where Arrow's bulk parse meets it). A -0.0 that one path gives and the other 0.0 is counted apart
 (``table.equals`` does not see it) and fails the run only with ``--strict-zero``.
 
-A batch is made from (seed, batch number) alone, so any batch can be made again. Batches run in worker
-processes (``--jobs``); a worker that dies (a crash in native code) still has its batch saved. A failing
-batch is shrunk to a small one that still fails the same way and saved, values in base64, to
-``.local/fuzz/failure-<n>.json``; the run then exits non-zero.
+A batch is made from (seed, batch number) alone, so any batch can be made again (``--first-batch N
+--records 2000`` runs batch N alone). Batches run in worker processes (``--jobs``); a worker that dies (a
+crash in native code) still has its batch saved, shrunk in fresh interpreters. A failing batch is shrunk
+to a small one that still fails the same way and saved, values in base64, to
+``.local/fuzz/failure-<n>.json`` (with the whole batch beside it); the run then exits non-zero.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from flywheel.events import decode as decode_module
 from flywheel.events.decode import MAX_DEPTH, DecodedBatch, RawBatch, decode_batch, decode_reference
 from flywheel.events.rejections import REASONS
@@ -291,6 +295,8 @@ NOT_JSON_LITERALS = [b"NaN", b"-NaN", b"Infinity", b"-Infinity", b"Inf", b"-Inf"
                      b"1.8e308", b"-1.8e308", b"1.7976931348623159e308", b"1" + b"0" * 400, b"01", b"-", b"+1",
                      b".5", b"1.", b"0x10", b"1e", b"True", b"nul", b"[1,]", b"{,}", b'"\\ud800"', b'"\\udc00"',
                      b"'a'", b"undefined", b"1_000", b"--1", b"1e+", b"\\u0031"]
+#: Refused by the rule, but read by Arrow into a float column (the bulk path must check them itself).
+ARROW_FLOATS = [b"NaN", b"Infinity", b"-Infinity", b"Inf", b"-Inf", b"1.8e308", b"-1.8e308", b"1.7976931348623159e308"]
 #: Valid JSON numbers whose types and values are worth a close look.
 ODD_NUMBERS = [b"-0", b"-0.0", b"0.0", b"-0e0", b"0e5", b"1E2", b"1e2", b"1e+2", b"1E-2", b"1.0", b"1.5", b"1e-400",
                b"-1e-400", b"5e-324", b"2.4703282292062327e-324", b"2.4703282292062328e-324",
@@ -335,6 +341,10 @@ class Generator:
         if declared_only or self.rng.random() < 0.75:
             return self.rng.choice(self.shape.declared)
         return extra_name(self.rng, self.shape)
+
+    def plain(self, event: Event) -> Event:
+        """The event without undeclared fields (whose presence alone makes the bulk path re-read a record)."""
+        return Event({k: v for k, v in event.fields.items() if k in self.shape.declared}, event.time_us)
 
     def with_literal(self, event: Event, name: str, literal: bytes, wrap: bool = True) -> bytes:
         fields = dict(event.fields)
@@ -438,6 +448,10 @@ class Generator:
     def f_literal(self) -> Made:
         event = self.event()
         rng = self.rng
+        if rng.random() < 0.3:  # where Arrow reads them into a float column instead of failing
+            floats = [n for n, t in self.shape.schema.fields.items() if t == pa.float64()]
+            value = self.with_literal(self.plain(event), rng.choice(floats), rng.choice(ARROW_FLOATS))
+            return Made([value], reason="not_json")
         if rng.random() < 0.5:
             return Made([self.with_literal(event, self.field(), rng.choice(NOT_JSON_LITERALS))], reason="not_json")
         literal = rng.choice(ODD_NUMBERS) if rng.random() < 0.7 else self.number_text()
@@ -477,17 +491,40 @@ class Generator:
             return Made([value], reason="wrong_type")
         return Made([value])
 
+    def f_very_deep(self) -> Made:
+        """Thousands of levels (Arrow's reader once overflowed the stack on these, killing the process)."""
+        event = self.event()
+        levels = self.rng.choice([3000, 10_000, 30_000, 100_000])
+        opener, closer = self.rng.choice([(b"[", b"]"), (b'{"a":', b"}")])
+        leaf = b"" if opener == b"[" else b"1"
+        name = extra_name(self.rng, self.shape) if self.rng.random() < 0.8 else self.field()  # Arrow infers undeclared
+        return Made([self.with_literal(event, name, opener * levels + leaf + closer * levels, wrap=False)],
+                    reason="not_json")
+
+    def f_deep_chain(self) -> Made:
+        """Values that are no document alone but nest thousands deep read one after another as one text."""
+        k, per = self.rng.randint(2, 40), self.rng.randint(50, 1000)
+        key = orjson.dumps(self.shape.key) + b":" + orjson.dumps(self.event().fields[self.shape.key])
+        opening = [b"{" + key + b',"m":' + b"[" * per] + [b'{"a":' + b"[" * per for _ in range(k - 1)]
+        closing = [b"{}" + b"]" * per + b"}," for _ in range(k - 1)] + [b"{}" + b"]" * per + b"}"]
+        values: list[bytes | None] = [*opening, *closing]
+        return Made(values, reason="not_json")
+
     def f_invalid_utf8(self) -> Made:
         event = self.event()
         rng = self.rng
         value = orjson.dumps(event.fields)
         bad = rng.choice(INVALID_UTF8)
-        if rng.random() < 0.5:  # inside a string
-            quotes = [i for i, c in enumerate(value) if c == 34]
-            at = rng.choice(quotes) + 1 if quotes else rng.randint(0, len(value))
+        if rng.random() < 0.3:  # inside a declared string, which Arrow would keep as it is
+            strings = [f.name for f in self.shape.schema.parse_schema if f.type == pa.string()]
+            value = self.with_literal(self.plain(event), rng.choice(strings), b'"a' + bad + b'b"', wrap=False)
         else:
-            at = rng.randint(0, len(value))
-        value = value[:at] + bad + value[at:]
+            quotes = [i for i, c in enumerate(value) if c == 34]
+            if quotes and rng.random() < 0.5:  # inside some string
+                at = rng.choice(quotes) + 1
+            else:
+                at = rng.randint(0, len(value))
+            value = value[:at] + bad + value[at:]
         try:
             value.decode("utf-8")
         except UnicodeDecodeError:
@@ -647,7 +684,7 @@ class Generator:
 FAMILIES: list[tuple[str, int]] = [
     ("valid", 30), ("pretty", 3), ("stdlib_json", 4), ("escaped_names", 3), ("duplicates", 3),
     ("nested_duplicates", 1), ("whitespace", 3), ("heterogeneous_extras", 3), ("long_string", 1), ("literal", 8),
-    ("deep", 3), ("invalid_utf8", 3), ("surrogate", 3), ("bom", 1), ("control", 2), ("two_documents", 2),
+    ("deep", 3), ("very_deep", 1), ("deep_chain", 1), ("invalid_utf8", 3), ("surrogate", 3), ("bom", 1), ("control", 2), ("two_documents", 2),
     ("truncated", 3), ("flip", 4), ("wrong_type", 4), ("null", 3), ("odd_time", 4), ("non_object", 2),
     ("empty", 1), ("tombstone", 1), ("split", 2), ("random_object", 3), ("random_bytes", 2), ("oversized_edge", 1),
 ]
@@ -738,12 +775,15 @@ def make_case(seed: int, number: int, size: int = BATCH_RECORDS) -> Case:
     rng = random.Random(f"fuzz-decoder:{seed}:{number}")
     shape = SHAPES[rng.choice(list(SHAPES))]
     max_event_bytes = rng.choice([1 << 20, 1 << 20, 1 << 20, rng.randint(200, 4096), rng.randint(1, 200)])
-    block = rng.choice([decode_module.BLOCK_RECORDS, decode_module.BLOCK_RECORDS, 997, 64, 7, 1])
+    # Small blocks: a bad record then costs only its block the fast path (each Arrow call costs ~2 ms).
+    block = rng.choice([decode_module.BLOCK_RECORDS] * 3 + [499, 97, 23])
     bad_share = rng.choice([0.0, 0.0005, 0.002, 0.01, 0.05, 0.2, 0.5, 1.0])
     gen = Generator(rng, shape, rng.choice(["none", "stable", "stable", "random"]))
     gen.max_event_bytes = max_event_bytes
     names = [n for n, _ in FAMILIES]
     weights = [w for _, w in FAMILIES]
+    if rng.random() < 0.4:  # every bad record of the batch from one family (rare families get their turn)
+        names, weights = [rng.choice(names)], [1]
     with_headers = rng.random() < 0.3
     records: list[Record] = []
     offset = rng.choice([0, rng.randint(0, 2**40), 2**63 - 1 - 1001 * size])
@@ -751,7 +791,7 @@ def make_case(seed: int, number: int, size: int = BATCH_RECORDS) -> Case:
         mutated = rng.random() < bad_share  # else a plain valid event, which Arrow takes in bulk
         family = rng.choices(names, weights)[0] if mutated else "valid"
         made: Made = getattr(gen, f"f_{family}")()
-        if mutated and rng.random() < 0.1 and family not in ("tombstone", "split"):  # a byte-level change on top
+        if mutated and rng.random() < 0.1 and len(made.values) == 1 and family != "tombstone":  # and a byte change
             extra = rng.choice(["truncate", "flip", "insert"])
             v = made.values[0]
             assert v is not None
@@ -905,6 +945,43 @@ def _check_expected(case: Case, table: pa.Table, rejected: dict[int, str], o: Ou
     del shape
 
 
+#: Mutated records of a batch also decoded alone by the bulk path (at most this many per batch).
+SOLO_RECORDS = 40
+
+
+def _check_solo(case: Case, ref: DecodedBatch, o: Outcome) -> None:
+    """Some mutated records, each alone through ``decode_batch``: in a batch, a block with a bad record goes
+    to the per-record path whole, so a subtly bad record meets Arrow's bulk parse mostly alone or among good
+    ones. The reference decodes each record alone anyway, so its verdict on the record is the one to match."""
+    shape = SHAPES[case.shape]
+    mutated = [i for i, r in enumerate(case.records) if r.family != "valid"]
+    if len(mutated) > SOLO_RECORDS:
+        mutated = random.Random(case.batch * 7919 + case.seed).sample(mutated, SOLO_RECORDS)
+    ref_reasons = {r.offset: r.reason for r in ref.rejected}
+    ref_offsets = ref.table.column("_offset")
+    for i in sorted(mutated):
+        alone = case.subset([i])
+        offset = alone.records[0].offset
+        try:
+            out = decode_batch(shape.schema, alone.raw(), max_event_bytes=case.max_event_bytes)
+        except Exception as exc:
+            o.problems.append(f"exception: bulk raised {type(exc).__name__} on offset {offset} alone: {exc}"[:2000])
+            continue
+        reasons = [(r.offset, r.reason) for r in out.rejected]
+        if offset in ref_reasons:
+            same = reasons == [(offset, ref_reasons[offset])] and out.table.num_rows == 0
+        else:
+            row = ref.table.filter(pc.equal(ref_offsets, offset))
+            same = not reasons and out.table.equals(row)
+            if not same and not reasons:
+                detail = describe_table_difference(out.table, row)
+        if not same:
+            got = reasons[0][1] if reasons else f"a row ({detail})" if offset not in ref_reasons else "a row"
+            want = ref_reasons.get(offset, "a row")
+            o.problems.append(f"disagree_solo: offset {offset} ({case.records[i].family}) decoded alone by the bulk "
+                              f"path: {got}; the reference: {want}")
+
+
 def run_case(case: Case, check_expectations: bool = True) -> Outcome:
     shape = SHAPES[case.shape]
     o = Outcome()
@@ -954,6 +1031,7 @@ def run_case(case: Case, check_expectations: bool = True) -> Outcome:
         o.problems.append(f"disagree_rejects: bulk vs reference differ at {diff} "
                           f"({[detail.get(off, '')[:120] for off, _ in diff]})")
     o.signed_zeros = _signed_zero_differences(case, fast.table, ref.table)
+    _check_solo(case, ref, o)
     if check_expectations:
         _check_expected(case, ref.table, {r.offset: r.reason for r in ref.rejected}, o)
     o.reasons = fast.reason_counts()
@@ -1020,11 +1098,15 @@ def replay_in_subprocess(case: Case, timeout: float = 300) -> int:
 # -- the worker and the run ---------------------------------------------------------------------------------
 
 
+def batch_size(args: argparse.Namespace, number: int) -> int:
+    return min(args.batch, args.records - (number - args.first_batch) * args.batch)
+
+
 def worker(args: argparse.Namespace) -> int:
     """Batches ``args.worker``, ``args.worker + jobs``, ...; one JSON line per batch on stdout."""
     out_dir = Path(args.out)
-    for number in range(args.worker, args.batches, args.jobs):
-        size = min(args.batch, args.records - number * args.batch)
+    for number in range(args.first_batch + args.worker, args.first_batch + args.batches, args.jobs):
+        size = batch_size(args, number)
         print(json.dumps({"start": number}), flush=True)
         case = make_case(args.seed, number, size)
         outcome = run_case(case)
@@ -1062,6 +1144,7 @@ def supervise(args: argparse.Namespace) -> int:
     for k in range(jobs):
         cmd = [sys.executable, "-m", "bench.fuzz_decoder", "--worker", str(k), "--jobs", str(jobs),
                "--batches", str(batches), "--records", str(args.records), "--batch", str(args.batch),
+               "--first-batch", str(args.first_batch),
                "--seed", str(args.seed), "--out", str(out_dir)] + (["--strict-zero"] if args.strict_zero else [])
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         procs.append(proc)
@@ -1144,8 +1227,7 @@ def crashed(args: argparse.Namespace, number: int, rc: int, out_dir: Path) -> st
     """A worker died on batch ``number``: make it again, shrink it with fresh interpreters, save it."""
     print(f"[fuzz] CRASH: the worker died (rc {rc}) on batch {number}; shrinking it in subprocesses",
           file=sys.stderr, flush=True)
-    size = min(args.batch, args.records - number * args.batch)
-    case = make_case(args.seed, number, size)
+    case = make_case(args.seed, number, batch_size(args, number))
     full = save_failure(case, [f"crash: the decoding process died, rc {rc}"], out_dir,
                         note=f"batch {number} of seed {args.seed}, unshrunk")
     if replay_in_subprocess(case) >= 0:
@@ -1174,6 +1256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=2_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch", type=int, default=BATCH_RECORDS, help="records per batch")
+    parser.add_argument("--first-batch", type=int, default=0,
+                        help="start at this batch number (a batch depends only on the seed and its number)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--out", default=str(OUT_DIR), help="where failing batches are saved")
     parser.add_argument("--strict-zero", action="store_true", help="a -0.0 vs 0.0 difference fails the run")

@@ -261,7 +261,9 @@ class _Decoder:
         self.optimistic = True
 
     def reject(self, i: int, reason: str, detail: str) -> None:
-        self.rejected[i] = self.batch.reject(i, reason, detail)
+        """Set record ``i`` aside; a record keeps the first reason it was given."""
+        if i not in self.rejected:
+            self.rejected[i] = self.batch.reject(i, reason, detail)
 
     # -- parsing ------------------------------------------------------------------------------------
 

@@ -344,3 +344,8 @@ def test_a_year_before_1000_is_filed_under_a_four_digit_year():
     assert out.rejected == []
     hour = out.table.column("event_time").cast(pa.int64())[0].as_py() // 3_600_000_000
     assert layout.hour_bucket(hour) == "date=0999-12-31/hour=23"
+
+
+def test_a_record_keeps_the_first_reason_it_was_given():
+    out = decode([raw(event(0, amount=_DROP, event_time="yesterday"))])
+    assert [r.reason for r in out.rejected] == ["missing_field"]
