@@ -39,11 +39,11 @@ from flywheel.events.schema import EVENT_TIME_TYPE, TopicSchema
 #: Deepest nesting of objects and arrays accepted in a value (the event object itself is level 1).
 MAX_DEPTH = 128
 #: Records parsed by Arrow at once: one bad record sends at most this many to the per-record path.
-BLOCK_RECORDS = 16_384
+BLOCK_RECORDS = 65_536
 #: Arrow's JSON reader recurses once per level of nesting and overflows the stack (the process dies) some
 #: thousands of levels deep: a value with more opening brackets than this is never handed to Arrow.
 _ARROW_MAX_OPENERS = 1024
-_READ_OPTIONS = pj.ReadOptions(block_size=1 << 20, use_threads=True)
+_READ_OPTIONS = pj.ReadOptions(block_size=1 << 22, use_threads=True)
 _NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 #: What every ISO-8601 time starts with; other values skip the bulk cast (a prefilter, not the rule).
