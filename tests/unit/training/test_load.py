@@ -81,3 +81,20 @@ def test_rows_are_in_time_order_ties_by_key_and_keep_the_first_copy_and_latest_l
     assert data.train.y[ids.index("e7")] == 1.0
     assert data.train.X.flags["F_CONTIGUOUS"] and data.train.X.dtype == np.float64  # LightGBM reads it as is
     assert data.reference.column_names == spec.feature_names
+
+
+def test_integer_event_ids_train_like_string_ones(tmp_path):
+    spec = load_spec(SPEC)
+    spec = spec.model_copy(update={"key_type": "int",
+                                   "gates": spec.gates.model_copy(update={"min_rows": 100, "min_positives": 1})})
+    store = LocalStore(tmp_path)
+    events = list(event_stream(600, start=START, rate_per_s=1, seed=5))
+    features = [{**e.features, "event_id": 10_000 + i, "event_time": _stamp(e.features["event_time"])}
+                for i, e in enumerate(events)]
+    labels = [{"event_id": 10_000 + i, "is_fraud": e.label["is_fraud"], "_timestamp": _stamp(e.label["labelled_at"])}
+              for i, e in enumerate(events)]
+    _put(store, spec.topics.features, features, 0, 0)
+    _put(store, spec.topics.labels, labels, 0, 0)
+    data = load_training_data(store, spec, window_for(spec, START + timedelta(minutes=30)))
+    ids = [*data.train.ids.to_pylist(), *data.validation.ids.to_pylist(), *data.holdout.ids.to_pylist()]
+    assert ids == sorted(ids) and all(isinstance(i, int) for i in ids) and len(ids) == data.counts["labelled_events"]
