@@ -314,8 +314,10 @@ def prediction_log() -> Iterator[Callable[..., PredictionLog]]:
 
 def committed_offsets(settings: Settings, group_id: str, topic: str) -> dict[int, int]:
     """The group's committed offset per partition (-1001: none), read without joining the group."""
+    # read_uncommitted: a read_committed consumer asks for stable offsets only (KIP-447) and waits, until its
+    # timeout, while a killed exactly-once member's transaction still holds pending ones.
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id,
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
         for attempt in range(3):  # the coordinator may be busy a moment after a member was killed
